@@ -1,0 +1,175 @@
+"""Training: pure one-replica steps, vmapped over seeds in one place.
+
+`init_state`, `train_step`, `eval_step`, `stats_step` and `maps_step` see one
+replica. `SeedSteps` jits their `jax.vmap` over a leading seed axis once, and
+shards that axis over the devices when there are several, so replica i
+depends on seed i alone and equals a single-seed run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_attnshare import attn_stats
+from jax_attnshare import model as model_lib
+
+SCHEDULES = ('constant', 'cosine', 'linear')
+OPTIMIZERS = ('adamw', 'adam')
+
+
+class TrainState(train_state.TrainState):
+  rng: jax.Array  # base key of this replica's dropout stream
+
+
+def make_optimizer(opt: Any, num_train_steps: int) -> optax.GradientTransformation:
+  """Linear warmup, then the configured decay; global-norm clipping."""
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'config.opt.name must be one of {OPTIMIZERS}, got '
+                     f'{opt.name!r}.')
+  if opt.schedule not in SCHEDULES:
+    raise ValueError(f'config.opt.schedule must be one of {SCHEDULES}, got '
+                     f'{opt.schedule!r}.')
+  if not 0 <= opt.warmup_steps <= num_train_steps:
+    raise ValueError(f'config.opt.warmup_steps={opt.warmup_steps} must be in '
+                     f'[0, config.num_train_steps={num_train_steps}].')
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
+  decay_steps = max(num_train_steps - opt.warmup_steps, 1)
+  decay = {
+      'constant': optax.constant_schedule(opt.learning_rate),
+      'cosine': optax.cosine_decay_schedule(opt.learning_rate, decay_steps),
+      'linear': optax.linear_schedule(opt.learning_rate, 0.0, decay_steps),
+  }[opt.schedule]
+  schedule = optax.join_schedules([warmup, decay], [opt.warmup_steps])
+  if opt.name == 'adamw':
+    update = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                         weight_decay=opt.weight_decay)
+  else:
+    update = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), update)
+
+
+def seed_keys(seeds) -> jax.Array:
+  """Typed keys [S]; key i is exactly jax.random.key(seeds[i])."""
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+
+def init_state(key: jax.Array, model: nn.Module,
+               optimizer: optax.GradientTransformation,
+               length: int) -> TrainState:
+  params_key, dropout_key = jax.random.split(key)
+  tokens_BT = jnp.zeros((1, length), jnp.int32)
+  params = model.init(params_key, tokens_BT)['params']
+  return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer,
+                           rng=dropout_key)
+
+
+def _loss_and_accuracy(logits_BC, labels_B):
+  loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+  return loss_B, (logits_BC.argmax(-1) == labels_B).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One AdamW update of one replica; dropout keyed by (replica, step)."""
+  dropout_key = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits_BC = state.apply_fn({'params': params}, batch['tokens'],
+                               deterministic=False,
+                               rngs={'dropout': dropout_key})
+    loss_B, correct_B = _loss_and_accuracy(logits_BC, batch['labels'])
+    return loss_B.mean(), correct_B.mean()
+
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  metrics = {'loss': loss, 'accuracy': accuracy,
+             'grad_norm': optax.global_norm(grads)}
+  return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(params: Any, batch: dict, model: nn.Module) -> dict:
+  """Sums of loss and correct predictions over the real rows of a batch."""
+  logits_BC = model.apply({'params': params}, batch['tokens'])
+  loss_B, correct_B = _loss_and_accuracy(logits_BC, batch['labels'])
+  w_B = batch['weights']
+  return {'loss_sum': (loss_B * w_B).sum(), 'correct': (correct_B * w_B).sum(),
+          'count': w_B.sum()}
+
+
+def maps_step(params: Any, tokens_BT: jax.Array, model: nn.Module):
+  """Attention probabilities probs_NBHTT of every layer."""
+  _, variables = model.apply({'params': params}, tokens_BT,
+                             mutable=[model_lib.ATTENTION_COLLECTION])
+  return model_lib.attention_probs(variables[model_lib.ATTENTION_COLLECTION])
+
+
+def stats_step(params: Any, tokens_BT: jax.Array, model: nn.Module) -> dict:
+  """Attention statistics, reduced inside jit so maps never leave the device."""
+  probs_NBHTT = maps_step(params, tokens_BT, model)
+  return attn_stats.attention_stats(probs_NBHTT,
+                                    tokens_BT != model.config.pad_id)
+
+
+class SeedSteps:
+  """The vmapped, jitted steps over S replicas, sharded over devices."""
+
+  def __init__(self, model: nn.Module, optimizer, length: int,
+               num_seeds: int, per_seed_batches: bool):
+    devices = jax.devices()
+    shard = len(devices) > 1 and num_seeds % len(devices) == 0
+    # Auto axes: XLA propagates the seed sharding through the vmapped steps.
+    mesh = jax.make_mesh((len(devices) if shard else 1,), ('seed',),
+                         devices=devices if shard else devices[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    self.seed_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('seed'))
+    self.replicated = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec())
+    self.batch_sharding = (self.seed_sharding if per_seed_batches
+                           else self.replicated)
+    init = functools.partial(init_state, model=model, optimizer=optimizer,
+                             length=length)
+    self.init = jax.jit(jax.vmap(init), out_shardings=self.seed_sharding)
+    self.train = jax.jit(
+        jax.vmap(train_step, in_axes=(0, 0 if per_seed_batches else None)),
+        donate_argnums=0)
+    self.eval = jax.jit(jax.vmap(
+        functools.partial(eval_step, model=model), in_axes=(0, None)))
+    self.stats = jax.jit(jax.vmap(
+        functools.partial(stats_step, model=model), in_axes=(0, None)))
+    self.maps = jax.jit(jax.vmap(
+        functools.partial(maps_step, model=model), in_axes=(0, None)))
+
+  def put_batch(self, batch: dict) -> dict:
+    return jax.device_put(batch, self.batch_sharding)
+
+  def put_shared(self, batch: dict) -> dict:
+    return jax.device_put(batch, self.replicated)
+
+
+def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
+  """Mean test loss and accuracy per replica over all eval batches."""
+  total = None
+  for batch in batches:
+    sums = steps.eval(params, steps.put_shared(batch))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  total = jax.device_get(total)
+  count = total['count']
+  return {'loss': total['loss_sum'] / count,
+          'accuracy': total['correct'] / count}
+
+
+def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,
+                         batch_size: int) -> dict[str, np.ndarray]:
+  """Statistics per replica on a fixed sample, averaged over equal chunks."""
+  chunks = [jax.device_get(steps.stats(params, steps.put_shared(
+      tokens_BT[i:i + batch_size])))
+            for i in range(0, len(tokens_BT), batch_size)]
+  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)
