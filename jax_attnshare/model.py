@@ -164,7 +164,11 @@ class Encoder(nn.Module):
 
 
 class Classifier(nn.Module):
-  """Embeddings -> encoder -> masked pooling -> linear head (logits)."""
+  """Embeddings -> encoder -> masked pooling -> linear head (logits).
+
+  With `num_classes=0` there is no head and the pooled vector is returned
+  (a sentence encoder, as for imported pretrained models).
+  """
   config: ModelConfig
 
   @nn.compact
@@ -181,6 +185,8 @@ class Classifier(nn.Module):
     x_BTD = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTD)
     x_BTD = Encoder(cfg, name='encoder')(x_BTD, mask_BT, deterministic)
     pooled_BD = pool(x_BTD, mask_BT, cfg.pooling)
+    if not cfg.num_classes:
+      return pooled_BD
     return nn.Dense(cfg.num_classes, name='head')(pooled_BD)
 
 
@@ -217,7 +223,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
   spec = cfg.sharing
   embeddings = (cfg.vocab_size + cfg.max_length) * cfg.width
   embeddings += 2 * cfg.width if cfg.embedding_norm else 0
-  head = cfg.width * cfg.num_classes + cfg.num_classes
+  head = (cfg.width + 1) * cfg.num_classes
   attention = sum(spec.num_copies(c) * sizes[c]
                   for c in ('query', 'key', 'value', 'output'))
   counted = spec.count(sizes)
