@@ -1,0 +1,293 @@
+"""Text classification data: TFDS reading, SentencePiece tokens, batches."""
+
+from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import io
+import os
+import re
+import tempfile
+import time
+from typing import Any
+
+from absl import logging
+import numpy as np
+import sentencepiece as spm
+import tensorflow_datasets as tfds
+
+PAD_ID = 0
+UNK_ID = 1
+
+# Tags that keep the numpy streams below apart. SeedSequence pads entropy
+# with zeros, so [s, e] and [s, e, 0] alias; a distinct tag in position 1
+# of equal-length lists keeps streams apart (for seeds below 2**32).
+_SUBSET_STREAM = 0
+_ORDER_STREAM = 1
+_REPLICA_ORDER_STREAM = 2
+
+_BREAK_RE = re.compile(r'<br\s*/?>', re.IGNORECASE)
+_SPACE_RE = re.compile(r'\s+')
+
+
+class DataMissingError(FileNotFoundError):
+  """The dataset is not prepared locally and could not be downloaded."""
+
+
+def clean_text(text: str) -> str:
+  """Replaces HTML line breaks by spaces and collapses whitespace."""
+  return _SPACE_RE.sub(' ', _BREAK_RE.sub(' ', text)).strip()
+
+
+def _resolve_data_dir(data_dir: str | None) -> str:
+  """Returns the TFDS data dir the same way tfds does when given None."""
+  return (data_dir or os.environ.get('TFDS_DATA_DIR')
+          or os.path.expanduser('~/tensorflow_datasets'))
+
+
+def _missing_message(name: str, data_dir: str, variant_dir: str) -> str:
+  return (
+      f'Dataset {name!r} is not prepared in data dir {data_dir} (expected '
+      f'{variant_dir}). To provide it, run once on a machine with internet: '
+      f"python -c 'import tensorflow_datasets as tfds; "
+      f'tfds.load("{name}", data_dir="DIR")\' and copy DIR here, or set '
+      f'TFDS_DATA_DIR / --config.data.data_dir=DIR to a folder holding '
+      f'{os.path.relpath(variant_dir, data_dir)}.')
+
+
+def read_tfds_texts(
+    name: str, split: str, data_dir: str | None, allow_download: bool = True
+) -> tuple[list[str], np.ndarray]:
+  """Reads all (text, label) pairs of a supervised TFDS text split."""
+  data_dir = _resolve_data_dir(data_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
+  # Checked before any download so an offline machine fails in a second
+  # instead of retrying the network for minutes.
+  if not builder.is_prepared():
+    message = _missing_message(name, data_dir, os.fspath(builder.data_path))
+    if not allow_download:
+      raise DataMissingError(
+          message + ' (config.data.allow_download is False.)')
+    logging.info('Downloading %s into %s (set config.data.allow_download='
+                 'False to fail fast offline).', name, data_dir)
+    try:
+      builder.download_and_prepare()
+    # requests' ConnectionError is an OSError; tfds imports some download
+    # helpers lazily, so a missing optional dependency surfaces here.
+    except (OSError, ImportError) as e:
+      raise DataMissingError(f'{message} Download failed: {e!r}') from e
+  dataset = builder.as_dataset(split=split, as_supervised=True)
+  texts, labels = [], []
+  for text_batch, label_batch in tfds.as_numpy(dataset.batch(1024)):
+    texts.extend(t.decode('utf-8') for t in text_batch)
+    labels.append(label_batch)
+  labels = np.concatenate(labels) if labels else np.zeros([0])
+  return texts, labels.astype(np.int32)
+
+
+def load_or_train_tokenizer(
+    texts: Sequence[str], vocab_size: int, model_path: str,
+    max_train_texts: int
+) -> spm.SentencePieceProcessor:
+  """Loads the SentencePiece model at model_path, training it if absent."""
+  if os.path.exists(model_path):
+    tokenizer = spm.SentencePieceProcessor(model_file=model_path)
+    if tokenizer.get_piece_size() != vocab_size:
+      raise ValueError(
+          f'Tokenizer {model_path} has {tokenizer.get_piece_size()} pieces '
+          f'but config.data.vocab_size is {vocab_size}; use a fresh workdir '
+          'or delete the tokenizer.')
+    logging.info('Loaded tokenizer %s', model_path)
+    return tokenizer
+  train_texts = list(texts[:max_train_texts])
+  model = io.BytesIO()
+  start = time.time()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(train_texts),
+      model_writer=model,
+      model_type='unigram',
+      vocab_size=vocab_size,
+      normalization_rule_name='nmt_nfkc_cf',
+      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+      character_coverage=1.0,
+      # By default spm silently skips texts over 4192 bytes (~3% of IMDB).
+      max_sentence_length=max(
+          [4192] + [len(t.encode('utf-8')) for t in train_texts]),
+      num_threads=os.cpu_count() or 1,
+      train_extremely_large_corpus=False,
+      minloglevel=2)
+  logging.info('Trained tokenizer (vocab %d) on %d texts in %.1fs',
+               vocab_size, len(train_texts), time.time() - start)
+  # Written atomically so a crash never leaves a truncated model behind.
+  model_dir = os.path.dirname(os.path.abspath(model_path))
+  os.makedirs(model_dir, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=model_dir, suffix='.tmp')
+  with os.fdopen(fd, 'wb') as f:
+    f.write(model.getvalue())
+  os.replace(tmp_path, model_path)
+  return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def encode(tokenizer: spm.SentencePieceProcessor, texts: Sequence[str],
+           max_length: int) -> np.ndarray:
+  """Returns int32 ids [N, max_length]: truncated at the end, PAD padded."""
+  tokens = np.full([len(texts), max_length], PAD_ID, np.int32)
+  for row, ids in zip(tokens, tokenizer.encode(list(texts))):
+    ids = ids[:max_length]
+    row[:len(ids)] = ids
+  return tokens
+
+
+def pieces(tokenizer: spm.SentencePieceProcessor,
+           token_ids: np.ndarray) -> list[str]:
+  """Returns the piece strings of the non-pad tokens of one example."""
+  return [tokenizer.id_to_piece(int(i)) for i in token_ids if i != PAD_ID]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """Tokenized examples: tokens [N, T] int32 and labels [N] int32."""
+  tokens: np.ndarray
+  labels: np.ndarray
+
+  def __post_init__(self):
+    if self.tokens.ndim != 2 or self.labels.shape != self.tokens.shape[:1]:
+      raise ValueError(f'Bad split shapes: tokens {self.tokens.shape}, '
+                       f'labels {self.labels.shape}')
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextDataset:
+  """Train and test splits with the tokenizer that made them."""
+  train: Split
+  test: Split
+  tokenizer: spm.SentencePieceProcessor
+  vocab_size: int
+
+
+def _check_fields(config: Any) -> None:
+  """Raises ValueError naming the first invalid config.data field."""
+  checks = [('vocab_size', 3), ('max_length', 2), ('train_examples', 0),
+            ('test_examples', 0), ('data_seed', 0),
+            ('tokenizer_train_examples', 1)]
+  for field, minimum in checks:
+    value = getattr(config, field)
+    if not isinstance(value, int) or value < minimum:
+      raise ValueError(
+          f'config.data.{field} must be an int >= {minimum}, got {value!r}')
+
+
+def _subset_index(split_size: int, size: int, field: str,
+                  rng_seed: list[int]) -> np.ndarray:
+  """Returns sorted indices of a random subset of `size` examples; 0 = all."""
+  if size > split_size:
+    raise ValueError(f'config.data.{field}={size} exceeds the split size '
+                     f'{split_size}')
+  if size == 0:
+    return np.arange(split_size)
+  return np.sort(np.random.default_rng(rng_seed).choice(
+      split_size, size, replace=False))
+
+
+def load_text_dataset(
+    data_config: Any, workdir: str,
+    read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts
+) -> TextDataset:
+  """Reads, subsets and tokenizes the train and test splits."""
+  _check_fields(data_config)
+  splits = {}
+  for split_id, split in enumerate(['train', 'test']):
+    start = time.time()
+    texts, labels = read_texts(data_config.dataset, split,
+                               data_config.data_dir or None,
+                               data_config.allow_download)
+    texts = [clean_text(t) for t in texts]
+    logging.info('Read %d %s texts in %.1fs', len(texts), split,
+                 time.time() - start)
+    field = f'{split}_examples'
+    index = _subset_index(len(texts), getattr(data_config, field), field,
+                          [data_config.data_seed, _SUBSET_STREAM, split_id])
+    if split == 'train':
+      # The full train split's first texts, so the tokenizer does not depend
+      # on train_examples and a workdir's tokenizer stays valid.
+      tokenizer = load_or_train_tokenizer(
+          texts, data_config.vocab_size,
+          os.path.join(workdir, 'tokenizer', 'spm.model'),
+          data_config.tokenizer_train_examples)
+    start = time.time()
+    tokens = encode(tokenizer, [texts[i] for i in index],
+                    data_config.max_length)
+    splits[split] = Split(tokens, np.asarray(labels, np.int32)[index])
+    logging.info('Encoded %d %s texts in %.1fs; %.1f%% fill max_length %d',
+                 len(index), split, time.time() - start,
+                 100 * np.mean(tokens[:, -1] != PAD_ID),
+                 data_config.max_length)
+  return TextDataset(splits['train'], splits['test'], tokenizer,
+                     data_config.vocab_size)
+
+
+class TrainBatches:
+  """Training batches that depend only on the step, so resume needs no state.
+
+  Each epoch visits every example once in a seeded random order; the last
+  len(split) % batch_size examples of each epoch's order are skipped. With
+  replica_seeds, replica i draws its own order from seed replica_seeds[i]
+  and batches get a leading replica axis.
+  """
+
+  def __init__(self, split: Split, batch_size: int, data_seed: int,
+               replica_seeds: Sequence[int] | None = None):
+    if not 1 <= batch_size <= len(split):
+      raise ValueError(f'config.batch_size must be in [1, {len(split)}] '
+                       f'(the train split size), got {batch_size}')
+    self.split = split
+    self.batch_size = batch_size
+    self.steps_per_epoch = len(split) // batch_size
+    self._data_seed = data_seed
+    self._replica_seeds = (None if replica_seeds is None
+                           else [int(s) for s in replica_seeds])
+    self._cached_epoch = -1
+    self._orders = []
+
+  def _epoch_orders(self, epoch: int) -> list[np.ndarray]:
+    """Returns one permutation per replica (or one), caching the last."""
+    if epoch != self._cached_epoch:
+      n = len(self.split)
+      if self._replica_seeds is None:
+        seeds = [[self._data_seed, _ORDER_STREAM, epoch]]
+      else:
+        seeds = [[self._data_seed, _REPLICA_ORDER_STREAM, s, epoch]
+                 for s in self._replica_seeds]
+      self._orders = [np.random.default_rng(s).permutation(n) for s in seeds]
+      self._cached_epoch = epoch
+    return self._orders
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    """Returns the batch of 0-based `step`: tokens [(S,) B, T], labels."""
+    if step < 0:
+      raise ValueError(f'step must be >= 0, got {step}')
+    epoch, offset = divmod(step, self.steps_per_epoch)
+    start = offset * self.batch_size
+    rows = np.stack([order[start:start + self.batch_size]
+                     for order in self._epoch_orders(epoch)])
+    if self._replica_seeds is None:
+      rows = rows[0]
+    return {'tokens': self.split.tokens[rows],
+            'labels': self.split.labels[rows]}
+
+
+def eval_batches(split: Split,
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the split in order, the last batch padded with weight-0 rows."""
+  for start in range(0, len(split), batch_size):
+    tokens = split.tokens[start:start + batch_size]
+    labels = split.labels[start:start + batch_size]
+    weights = np.ones([len(labels)], np.float32)
+    pad = batch_size - len(labels)
+    if pad:
+      # One static shape for every batch: one compiled eval step.
+      tokens = np.pad(tokens, [(0, pad), (0, 0)], constant_values=PAD_ID)
+      labels = np.pad(labels, [(0, pad)])
+      weights = np.pad(weights, [(0, pad)])
+    yield {'tokens': tokens, 'labels': labels, 'weights': weights}

@@ -1,0 +1,107 @@
+"""Seed-vmapped steps: replica i equals a single run with seed i."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jax_attnshare import model as model_lib
+from jax_attnshare import sharing
+from jax_attnshare import train
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+S, B, T, V = 3, 4, 8, 30
+SEEDS = [7, 11, 12]
+
+
+def _model():
+  spec = sharing.SharingSpec(num_layers=2, components=('key',),
+                             layer_groups=((0, 1),))
+  return model_lib.Classifier(model_lib.ModelConfig(
+      vocab_size=V, max_length=T, sharing=spec, width=16, num_layers=2,
+      num_heads=2, ffn_width=32, dropout_rate=0.1))
+
+
+def _opt(**kw):
+  base = dict(name='adamw', learning_rate=1e-2, warmup_steps=2,
+              schedule='cosine', weight_decay=0.01, clip_norm=1.0, b1=0.9,
+              b2=0.999)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def _batch(rng, shape):
+  tokens = rng.integers(1, V, size=shape + (T,)).astype(np.int32)
+  tokens[..., T - 2:] = 0  # Some padding.
+  return {'tokens': tokens,
+          'labels': rng.integers(0, 2, size=shape).astype(np.int32)}
+
+
+@pytest.mark.parametrize('per_seed', [False, True])
+def test_replica_equals_single_seed_run(per_seed):
+  model, optimizer = _model(), train.make_optimizer(_opt(), 10)
+  steps = train.SeedSteps(model, optimizer, T, S, per_seed_batches=per_seed)
+  rng = np.random.default_rng(0)
+  batches = [_batch(rng, (S, B) if per_seed else (B,)) for _ in range(3)]
+  state = steps.init(train.seed_keys(SEEDS))
+  for batch in batches:
+    state, metrics_S = steps.train(state, steps.put_batch(batch))
+  assert metrics_S['loss'].shape == (S,)
+  single_step = jax.jit(train.train_step)
+  for i, seed in enumerate(SEEDS):
+    single = train.init_state(jax.random.key(seed), model, optimizer, T)
+    for batch in batches:
+      single, metrics = single_step(
+          single, jax.tree.map(lambda x: x[i], batch) if per_seed else batch)
+    np.testing.assert_allclose(metrics_S['loss'][i], metrics['loss'],
+                               rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(state.params),
+                         jax.tree.leaves(single.params)):
+      np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_seed_keys_are_the_single_seed_keys_and_differ():
+  keys = train.seed_keys(SEEDS)
+  for i, seed in enumerate(SEEDS):
+    np.testing.assert_array_equal(jax.random.key_data(keys[i]),
+                                  jax.random.key_data(jax.random.key(seed)))
+  model, optimizer = _model(), train.make_optimizer(_opt(), 10)
+  state = jax.vmap(lambda k: train.init_state(k, model, optimizer, T))(keys)
+  kernel = state.params['encoder']['shared_key_g0']['kernel']
+  assert not np.allclose(kernel[0], kernel[1])
+
+
+def test_overfits_one_batch():
+  model, optimizer = _model(), train.make_optimizer(
+      _opt(warmup_steps=0, schedule='constant'), 30)
+  state = train.init_state(jax.random.key(0), model, optimizer, T)
+  batch = _batch(np.random.default_rng(1), (B,))
+  step = jax.jit(train.train_step)
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.2 * losses[0]
+
+
+def test_eval_step_ignores_padding_rows():
+  model = _model()
+  params = model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))[
+      'params']
+  batch = _batch(np.random.default_rng(2), (B,))
+  weights = np.array([1, 1, 0, 0], np.float32)
+  out = train.eval_step(params, {**batch, 'weights': weights}, model)
+  half = {k: v[:2] for k, v in batch.items()}
+  ref = train.eval_step(params, {**half, 'weights': weights[:2]}, model)
+  for key in ('loss_sum', 'correct', 'count'):
+    np.testing.assert_allclose(out[key], ref[key], rtol=1e-5)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('name', 'sgd'), ('schedule', 'step'), ('warmup_steps', 11)])
+def test_bad_optimizer_fields_name_the_field(field, value):
+  with pytest.raises(ValueError, match=f'config.opt.{field}'):
+    train.make_optimizer(_opt(**{field: value}), 10)
