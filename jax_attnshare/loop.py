@@ -168,7 +168,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
         train_S = {k: v / window_steps
                    for k, v in jax.device_get(window).items()}
         seconds = time.time() - window_start
-        _flag_nonfinite(train_S['loss'], step, diverged, seeds,
+        flag_nonfinite(train_S['loss'], step, diverged, seeds,
                         config.halt_on_nonfinite)
         writers.write_scalars(step, {f'train/{k}': v
                                      for k, v in train_S.items()})
@@ -226,7 +226,7 @@ def _threshold_descriptions() -> dict[str, str]:
           for name, kind, value in attn_stats.SPARSITY_THRESHOLDS}
 
 
-def _flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:
+def flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:
   for i in np.flatnonzero(~np.isfinite(loss_S)):
     if int(i) not in diverged:
       diverged[int(i)] = step

@@ -13,6 +13,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from jax_attnshare import data
 from jax_attnshare import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,7 +41,11 @@ def main(argv):
   config_name = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = _WORKDIR.value or default_workdir(config_name)
   logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
-  loop.train_and_evaluate(_CONFIG.value, workdir, config_name=config_name)
+  try:
+    loop.train_and_evaluate(_CONFIG.value, workdir, config_name=config_name)
+  except data.DataMissingError as e:
+    # Not a bug: say what to do, without a traceback.
+    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':
