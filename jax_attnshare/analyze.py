@@ -1,0 +1,134 @@
+"""CLI: statistics, figures and report.md for a folder of runs.
+
+  python -m jax_attnshare.analyze --runs=DIR [--baseline=none] \\
+      --out=REPORT_DIR [--alpha=0.05]
+
+DIR holds one workdir per sharing condition (DIR/none, DIR/kv, ...), each
+with summary.json (and config.json, attention_maps.npz). Writes report.md,
+summary_table.csv, per_layer.csv, anova.csv, tidy.csv and PNG figures into
+REPORT_DIR and prints the path of report.md. See runs.py for which runs are
+excluded and which problems are errors.
+"""
+
+import argparse
+from collections.abc import Sequence
+import pathlib
+import re
+import sys
+
+from absl import logging
+import pandas as pd
+
+from jax_attnshare import analysis
+from jax_attnshare import figures
+from jax_attnshare import report
+from jax_attnshare import runs as runs_lib
+
+_BOX_METRICS = ('test_accuracy', 'entropy', 'entropy_norm', 'head_correlation',
+                'head_specialization', 'js_adjacent')
+
+
+def _file_name(condition: str) -> str:
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', condition)
+
+
+def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
+             included: Sequence[runs_lib.Run],
+             out_dir: pathlib.Path) -> list[tuple[str, str]]:
+  """Draws every figure the data allows; returns (caption, file name)."""
+  conditions = [r.condition for r in included]
+  thresholds = included[0].summary.get('sparsity_thresholds', {})
+  metrics = analysis.order_metrics(final['metric'].unique())
+  out = []
+  if figures.accuracy_curves(tidy, conditions,
+                             out_dir / 'accuracy_curves.png'):
+    out.append(('Test accuracy during training', 'accuracy_curves.png'))
+  panels = [m for m in metrics if m in _BOX_METRICS]
+  if panels:
+    figures.box_panels(final, conditions, panels, thresholds,
+                       'Per-condition distributions over seeds',
+                       out_dir / 'box_metrics.png')
+    out.append(('Accuracy and attention metrics per condition',
+                'box_metrics.png'))
+  sparsity = [m for m in metrics if m.startswith('sparsity')]
+  if sparsity:
+    figures.box_panels(final, conditions, sparsity, thresholds,
+                       'Attention sparsity per condition, by threshold',
+                       out_dir / 'box_sparsity.png')
+    out.append(('Attention sparsity per condition', 'box_sparsity.png'))
+  layered = [m for m in metrics if final.loc[final['metric'] == m,
+                                             'layer'].notna().any()]
+  if layered:
+    figures.layer_progression(final, conditions, layered, thresholds,
+                              out_dir / 'layers.png')
+    out.append(('Attention progression across layers', 'layers.png'))
+  for run in included:
+    maps = run.attention_maps()
+    if maps is None:
+      continue
+    name = f'attention_{_file_name(run.condition)}.png'
+    title = (f'{run.condition}: attention on the fixed test review (label '
+             f'{maps["label"]}), seed {run.summary["seeds"][0]}, step '
+             f'{maps["step"]}')
+    figures.attention_heatmaps(maps['probs'][0], maps['pieces'], title,
+                               out_dir / name)
+    out.append((f'Attention maps, {run.condition}', name))
+  mats = {r.condition: m for r in included
+          if (m := analysis.seed_mean_matrix(r.summary, 'js_layers'))
+          is not None}
+  if mats:
+    figures.js_matrices(mats, out_dir / 'js_layers.png')
+    out.append(('JS divergence between layers', 'js_layers.png'))
+  return out
+
+
+def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
+                 baseline: str = 'none', alpha: float = 0.05) -> pathlib.Path:
+  """Analyses runs_dir into out_dir; returns the path of report.md."""
+  runs_dir, out_dir = pathlib.Path(runs_dir), pathlib.Path(out_dir)
+  included, excluded = runs_lib.select(runs_lib.load_runs(runs_dir), baseline)
+  conditions = [r.condition for r in included]
+  tidy = analysis.tidy_table({r.condition: r.summary for r in included})
+  used = (tidy['source'] == 'final') & ~tidy['diverged']
+  nulls = tidy[used & tidy['value'].isna() & tidy['layer'].isna()]
+  dropped = nulls.groupby('condition').size().to_dict()
+  final = tidy[used].dropna(subset='value')
+  table, omni = analysis.analyze(final, conditions, baseline, alpha)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tidy.to_csv(out_dir / 'tidy.csv', index=False)
+  table[table['layer'].isna()].drop(columns='layer').to_csv(
+      out_dir / 'summary_table.csv', index=False)
+  table[table['layer'].notna()].to_csv(out_dir / 'per_layer.csv', index=False)
+  omni.to_csv(out_dir / 'anova.csv', index=False)
+  figure_files = _figures(tidy, final, included, out_dir)
+  path = out_dir / 'report.md'
+  report.write_report(path, runs_dir=runs_dir, baseline=baseline, alpha=alpha,
+                      included=included, excluded=excluded, table=table,
+                      omni=omni, figure_files=figure_files, dropped=dropped)
+  logging.info('Wrote %s', path)
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m jax_attnshare.analyze', description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--runs', required=True, type=pathlib.Path,
+                      help='folder with one workdir per condition')
+  parser.add_argument('--baseline', default='none',
+                      help='condition every other one is compared with')
+  parser.add_argument('--out', required=True, type=pathlib.Path,
+                      help='folder for report.md, CSVs and figures')
+  parser.add_argument('--alpha', default=0.05, type=float,
+                      help='significance level (tests and Holm correction)')
+  args = parser.parse_args(argv)
+  try:
+    path = run_analysis(args.runs, args.out, args.baseline, args.alpha)
+  except runs_lib.RunsError as e:
+    raise SystemExit(f'error: {e}') from e
+  print(path)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,272 @@
+"""Writes report.md: every number and finding comes from the tables."""
+
+from collections.abc import Mapping, Sequence
+import json
+import math
+import pathlib
+from typing import Any
+
+import pandas as pd
+
+from jax_attnshare import analysis
+from jax_attnshare import figures
+from jax_attnshare import runs as runs_lib
+
+_METHODS = """\
+Per metric (the run's value: mean over layers, or over adjacent layer pairs
+for js_*), overall and per layer:
+
+- **Across conditions**: Shapiro-Wilk per condition (n >= 3, p-values
+  Holm-adjusted across conditions) and Levene (median-centred) check the
+  one-way ANOVA's assumptions at alpha. If any condition fails normality,
+  Kruskal-Wallis H (rank-based) is used; else if equal variances fail,
+  Welch's ANOVA; else the classic F test. The table below says which test
+  ran and why.
+- **Each condition vs the baseline**: Welch's t-test (no equal-variance
+  assumption), Holm-corrected across the conditions compared for that
+  metric (separately per layer). Cohen's d uses the pooled SD; its 95% CI
+  uses the normal-approximation SE sqrt((n1+n2)/(n1 n2) + d^2/(2(n1+n2)))
+  (Hedges & Olkin 1985). Hedges' g = J d with the exact small-sample J; its
+  CI is J times d's CI.
+- **Power**: statsmodels TTestIndPower at the observed |d| and the actual
+  group sizes, and the seeds per group needed for 80% power. Power at the
+  observed effect is a function of p, so read it as a planning aid for the
+  next run, not as evidence.
+"""
+
+
+def _num(x: Any, digits: int = 4) -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+    return 'n/a'
+  return f'{x:.{digits}g}'
+
+
+def _p(p: float, name: str = 'p') -> str:
+  if not math.isfinite(p):
+    return f'{name} n/a'
+  return f'{name} < 0.001' if p < 0.001 else f'{name} = {p:.3g}'
+
+
+def _mark(p_holm: float) -> str:
+  if not math.isfinite(p_holm):
+    return ''
+  return next((m for cut, m in ((0.001, '***'), (0.01, '**'), (0.05, '*'))
+               if p_holm < cut), '')
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  return lines + ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _conditions(included: Sequence[runs_lib.Run]) -> list[str]:
+  rows = []
+  for run in included:
+    s = run.summary
+    params = s.get('params', {})
+    n_used = len(s['seeds']) - len(run.diverged_seeds)
+    rows.append((f'`{run.condition}`', f'`{run.path.name}`',
+                 f'`{s.get("sharing") or "(nothing shared)"}`',
+                 *(f'{params[k]:,}' if k in params else 'n/a'
+                   for k in ('total', 'attention', 'shared')),
+                 f'{n_used} of {len(s["seeds"])}',
+                 _num(s.get('wall_time_s'), 3)))
+  return _table(('condition', 'workdir', 'sharing', 'params', 'attention '
+                 'params', 'shared params', 'seeds used', 'wall time [s]'),
+                rows)
+
+
+def _configuration(included: Sequence[runs_lib.Run]) -> list[str]:
+  base = _flatten(included[0].config)
+  if not base:
+    return ['The baseline has no config.json.']
+  lines = _table(('field', 'value (baseline)'),
+                 [(f'`{k}`', f'`{json.dumps(v)}`') for k, v in base.items()])
+  diffs = []
+  for run in included[1:]:
+    cfg = _flatten(run.config)
+    for k in sorted(set(base) | set(cfg)):
+      if k != 'name' and not k.startswith('sharing') and (
+          base.get(k) != cfg.get(k)):
+        diffs.append(f'- `{run.condition}`: `{k}` = `{json.dumps(cfg.get(k))}`'
+                     f' (baseline `{json.dumps(base.get(k))}`)')
+  return lines + ['', 'Other differences from the baseline config '
+                  '(besides name and sharing):', ''] + (diffs or ['- none'])
+
+
+def _exclusions(included: Sequence[runs_lib.Run],
+                excluded: Sequence[tuple[runs_lib.Run, str]],
+                dropped: Mapping[str, int]) -> list[str]:
+  lines = [f'- Excluded `{r.path}` (`{r.condition}`): {why}. It is in no '
+           'statistic, table or figure.' for r, why in excluded]
+  if not excluded:
+    lines.append('- No run was excluded: every run is finished and matches '
+                 'the baseline in seeds, data fingerprint, seed mode and '
+                 'steps.')
+  for run in included:
+    gone = [r for r in run.summary['per_seed'] if r.get('diverged')]
+    if gone:
+      where = ', '.join(f'seed {r["seed"]} at step {r.get("diverged_at_step")}'
+                        for r in gone)
+      lines.append(f'- `{run.condition}`: {len(gone)} of '
+                   f'{len(run.summary["per_seed"])} replicas diverged '
+                   f'({where}); they are left out of every statistic and '
+                   'curve.')
+  if not any(r.diverged_seeds for r in included):
+    lines.append('- No replica diverged.')
+  lines += [f'- `{c}`: {k} null (non-finite) values of non-diverged replicas '
+            'were left out.' for c, k in dropped.items() if k]
+  return lines
+
+
+def _omnibus_rows(omni: pd.DataFrame, thresholds: Mapping[str, str]):
+  rows = []
+  for _, o in omni[omni['layer'].isna()].iterrows():
+    df = (_num(o['df_num'], 3) if math.isnan(o['df_den'])
+          else f'{_num(o["df_num"], 3)}, {_num(o["df_den"], 3)}')
+    rows.append((figures.metric_label(o['metric'], thresholds), o['test'],
+                 _num(o['statistic'], 3), df, _p(o['p']), o['reason']))
+  return _table(('metric', 'test', 'statistic', 'df', 'p', 'why'), rows)
+
+
+def _summary_rows(overall: pd.DataFrame, conditions: Sequence[str],
+                  thresholds: Mapping[str, str]) -> list[str]:
+  rows = []
+  for metric, df in overall.groupby('metric', sort=False):
+    cells = {r['condition']: f'{_num(r["mean"])} ± {_num(r["sd"], 2)}'
+             f'{_mark(r["p_holm"])}' for _, r in df.iterrows()}
+    rows.append((figures.metric_label(metric, thresholds),
+                 analysis.unit(metric),
+                 *(cells.get(c, 'n/a') for c in conditions)))
+  return _table(('metric', 'unit', *conditions), rows)
+
+
+def _contrast_rows(overall: pd.DataFrame,
+                   thresholds: Mapping[str, str]) -> list[str]:
+  rows = []
+  for _, r in overall[overall['p'].notna()].iterrows():
+    rows.append((figures.metric_label(r['metric'], thresholds),
+                 r['condition'], _num(r['diff'], 3),
+                 f'{_num(r["d"], 3)} [{_num(r["d_ci_low"], 3)}, '
+                 f'{_num(r["d_ci_high"], 3)}]',
+                 f'{_num(r["g"], 3)} [{_num(r["g_ci_low"], 3)}, '
+                 f'{_num(r["g_ci_high"], 3)}]',
+                 _num(r['t'], 3), _num(r['p'], 3),
+                 _num(r['p_holm'], 3) + _mark(r['p_holm']),
+                 _num(r['power'], 2), _num(r['n_needed'], 6)))
+  return _table(('metric', 'condition', 'diff', "Cohen's d [95% CI]",
+                 "Hedges' g [95% CI]", 'Welch t', 'p', 'p_holm', 'power',
+                 'seeds for 80% power'), rows)
+
+
+def _sentence(r: pd.Series, baseline: str, sharing: Mapping[str, str],
+              thresholds: Mapping[str, str]) -> str:
+  unit = analysis.unit(r['metric'])
+  amount = _num(abs(r['diff']), 3)
+  amount += f' {unit}' if unit == 'nats' else f' ({unit})' if unit else ''
+  where = '' if pd.isna(r['layer']) else f' in layer {r["layer"]}'
+  if r['metric'].startswith('js_') and not pd.isna(r['layer']):
+    where = f' between layers {r["layer"]} and {r["layer"] + 1}'
+  verb = 'raises' if r['diff'] > 0 else 'lowers'
+  return (f'`{r["condition"]}` (sharing `{sharing.get(r["condition"], "")}`) '
+          f'{verb} mean {figures.metric_label(r["metric"], thresholds)}'
+          f'{where} by {amount} vs `{baseline}` ({_num(r["mean"])} vs '
+          f'{_num(r["mean"] - r["diff"])}; d = {_num(r["d"], 3)}, '
+          f'{_p(r["p_holm"], "p_holm")}).')
+
+
+def _findings(table: pd.DataFrame, omni: pd.DataFrame, baseline: str,
+              alpha: float, sharing: Mapping[str, str],
+              thresholds: Mapping[str, str]) -> list[str]:
+  lines = []
+  acc = omni[(omni['metric'] == 'test_accuracy') & omni['layer'].isna()]
+  if acc.empty or acc.iloc[0]['test'] == 'none':
+    why = 'no values' if acc.empty else acc.iloc[0]['reason']
+    lines.append(f'- Test accuracy could not be compared across conditions '
+                 f'({why}).')
+  else:
+    o = acc.iloc[0]
+    verdict = ('differs across conditions' if o['p'] < alpha else
+               'does not differ detectably between conditions')
+    lines.append(f'- Test accuracy {verdict} ({o["test"]} = '
+                 f'{_num(o["statistic"], 3)}, {_p(o["p"])}).')
+  overall = table[table['layer'].isna()]
+  significant = overall[overall['p_holm'] < alpha]
+  lines += ['- ' + _sentence(r, baseline, sharing, thresholds)
+            for _, r in significant.iterrows()]
+  tested = overall[overall['p'].notna()]
+  if significant.empty:
+    lines.append(f'- No comparison with `{baseline}` is significant after '
+                 f'Holm correction at alpha = {alpha}.')
+  weak = tested[(tested['p_holm'] >= alpha) & (tested['power'] < 0.8)]
+  if len(weak):
+    lines.append(f'- {len(weak)} of {len(tested) - len(significant)} '
+                 'non-significant comparisons had under 80% power at their '
+                 'observed effect; see "seeds for 80% power".')
+  per_layer = table[table['layer'].notna() & table['p'].notna()]
+  layer_sig = per_layer[per_layer['p_holm'] < alpha]
+  lines.append(f'- Per layer, {len(layer_sig)} of {len(per_layer)} '
+               'comparisons are significant after Holm correction '
+               '(per_layer.csv):')
+  lines += ['  - ' + _sentence(r, baseline, sharing, thresholds)
+            for _, r in layer_sig.iterrows()]
+  return lines
+
+
+def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
+                 baseline: str, alpha: float,
+                 included: Sequence[runs_lib.Run],
+                 excluded: Sequence[tuple[runs_lib.Run, str]],
+                 table: pd.DataFrame, omni: pd.DataFrame,
+                 figure_files: Sequence[tuple[str, str]],
+                 dropped: Mapping[str, int]) -> None:
+  """Writes the markdown report; figure_files are (caption, file name)."""
+  base = included[0].summary
+  thresholds = base.get('sparsity_thresholds', {})
+  conditions = [r.condition for r in included]
+  sharing = {r.condition: r.summary.get('sharing', '') for r in included}
+  overall = table[table['layer'].isna()]
+  mode = base.get('seed_mode')
+  mode_text = {
+      'shared': 'every replica saw the same data order, so conditions are '
+                'paired on data order',
+      'per_seed': 'each replica drew its own data order'}.get(mode, 'unknown')
+  lines = [
+      f'# Attention-sharing comparison: `{runs_dir}`', '',
+      f'{len(included)} conditions (the baseline `{baseline}` included); '
+      f'alpha = {alpha}; intervals are 95% CIs over seeds. '
+      'Generated by `python -m jax_attnshare.analyze`.', '',
+      '## Conditions', '', *_conditions(included), '',
+      '## Configuration', '', *_configuration(included), '',
+      '## Seeds', '',
+      f'Seeds {base["seeds"]} ({len(base["seeds"])} per condition), '
+      f'{base.get("num_train_steps")} training steps. Seed mode '
+      f'`{mode}`: {mode_text}.', '',
+      '## Excluded runs and diverged replicas', '',
+      *_exclusions(included, excluded, dropped), '',
+      '## Tests', '', _METHODS, *_omnibus_rows(omni, thresholds), '',
+      '## Summary', '',
+      'Mean ± SD over seeds; marks compare with the baseline after Holm '
+      'correction: * p_holm < 0.05, ** < 0.01, *** < 0.001.', '',
+      *_summary_rows(overall, conditions, thresholds), '',
+      *_contrast_rows(overall, thresholds), '',
+      '## Findings', '',
+      *_findings(table, omni, baseline, alpha, sharing, thresholds), '',
+      '## Figures', '']
+  for caption, name in figure_files:
+    lines += [f'### {caption}', '', f'![{caption}]({name})', '']
+  lines += ['## Tables', '',
+            '`summary_table.csv` (overall), `per_layer.csv`, `anova.csv` '
+            '(omnibus tests, overall and per layer), `tidy.csv` (every '
+            'value: condition, seed, step, metric, layer).', '']
+  path.write_text('\n'.join(lines))

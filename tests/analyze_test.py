@@ -1,0 +1,197 @@
+"""Tests for the analyze CLI and run loading, on synthetic run folders."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import pandas as pd
+
+from jax_attnshare import analysis
+from jax_attnshare import analyze
+from jax_attnshare import runs
+
+NUM_LAYERS, NUM_HEADS, NUM_TOKENS = 3, 2, 10
+SEEDS = (0, 1, 2, 3, 4)
+PIECES = ['▁a', '▁good', '▁film', ',', '▁really', '▁fun', '▁to', '▁watch']
+
+
+def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
+              seeds=SEEDS, fingerprint: str = 'f00d', finished: bool = True,
+              diverged=(), sample_seed: int = 0, sharing: str = '',
+              maps: bool = True) -> pathlib.Path:
+  """A workdir whose per-layer metrics are drawn from known normals."""
+  rng = np.random.default_rng(sample_seed)
+  workdir = root / condition
+  workdir.mkdir(parents=True)
+  config = dict(name=condition, seed=seeds[0], num_seeds=len(seeds),
+                num_train_steps=100, batch_size=8,
+                model=dict(num_layers=NUM_LAYERS, num_heads=NUM_HEADS),
+                sharing=dict(spec=sharing),
+                data=dict(dataset='synthetic', max_length=NUM_TOKENS,
+                          seed_mode='shared'))
+  (workdir / 'config.json').write_text(json.dumps({'config': config}))
+
+  def draw(mean, sd, shape):
+    return (mean + sd * rng.standard_normal(shape)).tolist()
+
+  per_seed = []
+  for seed in seeds:
+    gone = seed in diverged
+    ent = draw(entropy, 0.05, NUM_LAYERS)
+    js = np.abs(draw(0.1, 0.02, (NUM_LAYERS, NUM_LAYERS)))
+    attention = dict(
+        entropy=ent, entropy_norm=(np.array(ent) / np.log(10)).tolist(),
+        **{f'sparsity_{k}': draw(0.2, 0.02, NUM_LAYERS)
+           for k in ('abs_0.01', 'rel_1')},
+        head_correlation=draw(0.1, 0.02, NUM_LAYERS),
+        head_specialization=draw(0.9, 0.02, NUM_LAYERS),
+        js_adjacent=draw(0.05, 0.01, NUM_LAYERS - 1),
+        entropy_per_head=draw(2.7, 0.05, (NUM_LAYERS, NUM_HEADS)),
+        js_layers=((js + js.T) * (1 - np.eye(NUM_LAYERS))).tolist())
+    if gone:
+      attention = {k: np.full(np.shape(v), None).tolist()
+                   for k, v in attention.items()}
+    per_seed.append(dict(
+        seed=seed, diverged=gone, diverged_at_step=50 if gone else None,
+        test_accuracy=None if gone else draw(0.8, 0.01, ()),
+        test_loss=None if gone else draw(0.45, 0.02, ()),
+        attention=attention))
+  history = [dict(step=step, train_loss=draw(0.6, 0.02, len(seeds)),
+                  test_loss=draw(0.5, 0.02, len(seeds)),
+                  test_accuracy=draw(acc, 0.01, len(seeds)),
+                  attention=dict(entropy=draw(entropy, 0.05,
+                                              (len(seeds), NUM_LAYERS))))
+             for step, acc in ((50, 0.7), (100, 0.8))]
+  summary = dict(
+      format=1, condition=condition, config_name='configs/x.py:tiny',
+      sharing=sharing, seeds=list(seeds), seed_mode='shared',
+      data_fingerprint=fingerprint, num_train_steps=100,
+      completed_steps=100 if finished else 50, finished=finished,
+      wall_time_s=12.5, num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
+      sparsity_thresholds={'abs_0.01': 'weight < 0.01',
+                           'rel_1': 'weight < 1/n'},
+      params=dict(total=1000, attention=300, embeddings=500, shared=0),
+      per_seed=per_seed, history=history)
+  (workdir / 'summary.json').write_text(json.dumps(summary))
+  if maps:
+    probs = rng.random((len(seeds), NUM_LAYERS, NUM_HEADS, NUM_TOKENS,
+                        NUM_TOKENS)).astype(np.float32)
+    np.savez(workdir / 'attention_maps.npz',
+             probs=probs / probs.sum(-1, keepdims=True),
+             pieces=np.array(PIECES), label=1, step=100)
+  return workdir
+
+
+def standard_runs(root: pathlib.Path) -> None:
+  """Baseline, an identical-distribution condition and a +0.3 nat one."""
+  write_run(root, 'none', sample_seed=1)
+  write_run(root, 'kv', sample_seed=2, sharing='key,value@all')
+  write_run(root, 'k', entropy=3.0, sample_seed=3, sharing='key@all')
+
+
+class AnalyzeTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # tempfile, not create_tempdir: that needs absl flags, unparsed in pytest.
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    self.root = pathlib.Path(tmp.name)
+    self.out = self.root / 'report'
+
+  def test_detects_the_changed_condition_only(self):
+    standard_runs(self.root / 'runs')
+    included, _ = runs.select(runs.load_runs(self.root / 'runs'), 'none')
+    tidy = analysis.tidy_table({r.condition: r.summary for r in included})
+    final = tidy[(tidy['source'] == 'final') & (tidy['metric'] == 'entropy')]
+    table, _ = analysis.analyze(final, ['none', 'kv', 'k'], 'none', 0.05)
+    ent = table[(table['metric'] == 'entropy') & table['layer'].isna()]
+    p_holm = ent.set_index('condition')['p_holm']
+    self.assertLess(p_holm['k'], 0.05)
+    self.assertGreater(p_holm['kv'], 0.05)
+
+  def test_cli_writes_every_file_and_the_finding(self):
+    standard_runs(self.root / 'runs')
+    self.assertEqual(analyze.main(['--runs', str(self.root / 'runs'),
+                                   '--out', str(self.out)]), 0)
+    expected = ['report.md', 'summary_table.csv', 'per_layer.csv',
+                'anova.csv', 'tidy.csv', 'accuracy_curves.png',
+                'box_metrics.png', 'box_sparsity.png', 'layers.png',
+                'attention_none.png', 'attention_kv.png', 'attention_k.png',
+                'js_layers.png']
+    for name in expected:
+      self.assertGreater((self.out / name).stat().st_size, 0, name)
+    text = (self.out / 'report.md').read_text()
+    self.assertIn('`k` (sharing `key@all`) raises mean attention entropy by',
+                  text)
+    self.assertIn('Test accuracy does not differ detectably', text)
+    for name in expected[5:]:
+      self.assertIn(f']({name})', text)
+    summary = pd.read_csv(self.out / 'summary_table.csv')
+    self.assertEqual(set(summary['condition']), {'none', 'kv', 'k'})
+    self.assertIn('sparsity_rel_1', set(summary['metric']))
+
+  def test_empty_folder_is_an_error(self):
+    with self.assertRaisesRegex(SystemExit, 'no summary.json under'):
+      analyze.main(['--runs', str(self.root), '--out', str(self.out)])
+
+  def test_missing_folder_is_an_error(self):
+    with self.assertRaisesRegex(SystemExit, 'is not a folder'):
+      analyze.main(['--runs', str(self.root / 'x'), '--out', str(self.out)])
+
+  def test_partial_run_is_an_error(self):
+    write_run(self.root, 'none')
+    (self.root / 'kv').mkdir()
+    (self.root / 'kv' / 'config.json').write_text('{}')
+    with self.assertRaisesRegex(SystemExit, 'kv has config.json but no '
+                                'summary.json'):
+      analyze.main(['--runs', str(self.root), '--out', str(self.out)])
+
+  def test_missing_baseline_is_an_error(self):
+    write_run(self.root, 'kv')
+    with self.assertRaisesRegex(SystemExit, "baseline condition 'none' not "
+                                'found.*found: kv'):
+      analyze.main(['--runs', str(self.root), '--out', str(self.out)])
+
+  def test_mismatched_runs_excluded_and_diverged_replicas_left_out(self):
+    write_run(self.root, 'none')
+    write_run(self.root, 'kq', diverged=(3,), maps=False)
+    write_run(self.root, 'q', seeds=(0, 1, 2))
+    write_run(self.root, 'v', fingerprint='beef')
+    write_run(self.root, 'qv', finished=False)
+    with self.assertLogs(level='WARNING') as logs:
+      analyze.run_analysis(self.root, self.out)
+    self.assertLen([m for m in logs.output if 'Excluding' in m], 3)
+    text = (self.out / 'report.md').read_text()
+    self.assertIn('(`q`): seeds [0, 1, 2] (3) differ', text)
+    self.assertIn("(`v`): data_fingerprint 'beef' differs", text)
+    self.assertIn('(`qv`): unfinished: 50 of 100 steps', text)
+    self.assertIn('`kq`: 1 of 5 replicas diverged (seed 3 at step 50)', text)
+    tidy = pd.read_csv(self.out / 'tidy.csv')
+    self.assertEqual(set(tidy['condition']), {'none', 'kq'})
+    self.assertFalse((self.out / 'attention_q.png').exists())
+    summary = pd.read_csv(self.out / 'summary_table.csv').set_index(
+        ['metric', 'condition'])
+    self.assertEqual(summary.loc[('entropy', 'kq'), 'n'], 4)
+    self.assertEqual(summary.loc[('entropy', 'none'), 'n'], 5)
+
+  def test_plain_config_json_is_read(self):
+    workdir = write_run(self.root, 'none')
+    (workdir / 'config.json').write_text(json.dumps({'name': 'none'}))
+    (run,) = runs.load_runs(self.root)
+    self.assertEqual(run.config, {'name': 'none'})
+
+  def test_imports_no_jax(self):
+    code = ('import jax_attnshare.analyze, sys; '
+            "bad = {'jax', 'flax', 'tensorflow'} & set(sys.modules); "
+            'assert not bad, bad')
+    subprocess.run([sys.executable, '-c', code], check=True,
+                   cwd=pathlib.Path(__file__).parents[1])
+
+
+if __name__ == '__main__':
+  absltest.main()
