@@ -5,6 +5,8 @@ Configs under configs/ are loaded by path, so what they share lives here.
 
 from __future__ import annotations
 
+import importlib.util
+
 import ml_collections
 
 # Label of each blog condition -> the components it shares across all layers.
@@ -13,6 +15,15 @@ BLOG_CONDITIONS = {
     'kv': 'key,value', 'kq': 'key,query', 'qv': 'query,value',
     'kqv': 'key,query,value', 'albert': 'query,key,value,output,ffn',
 }
+
+
+def load_config(path_and_arg: str) -> ml_collections.ConfigDict:
+  """What --config=path:arg does: import the file and call get_config(arg)."""
+  path, _, arg = path_and_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('config_module', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

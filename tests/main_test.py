@@ -1,32 +1,23 @@
 """The command line and the configs under configs/."""
 
 import glob
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from jax_attnshare import config_utils
 from jax_attnshare import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
-def load_config(path_and_arg):
-  """What --config=path:arg does: import the file, call get_config(arg)."""
-  path, _, arg = path_and_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('config_module', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 @pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
 @pytest.mark.parametrize('arg', ['', ':cpu', ':tiny', ':cpu,seeds=3'])
 def test_every_config_loads_and_builds_a_model_config(path, arg):
-  config = load_config(path + arg)
+  config = config_utils.load_config(path + arg)
   model_config = model_lib.model_config(config, config.data.vocab_size, 0)
   assert model_lib.param_counts(model_config)['total'] > 0
   if arg == ':cpu':
@@ -37,7 +28,7 @@ def test_every_config_loads_and_builds_a_model_config(path, arg):
 
 def test_unknown_config_arg_raises():
   with pytest.raises(ValueError, match='unknown'):
-    load_config(CONFIGS[0] + ':gpu')
+    config_utils.load_config(CONFIGS[0] + ':gpu')
 
 
 def test_missing_data_stops_at_once_with_what_to_do(tmp_path):

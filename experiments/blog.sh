@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The blog's two experiments, one workdir per sharing condition.
+#
+#   experiments/blog.sh [exp1|exp2|all] [CONFIG_ARG] [OUT]
+#   experiments/blog.sh all cpu runs/blog        # 2-core CPU size
+#   experiments/blog.sh exp1 '' runs/blog_full   # full size, for a GPU/TPU
+#
+# Experiment 1 compares none, kv, kq, qv, kqv; experiment 2 none, k, q, v, kqv.
+# Each condition trains once into OUT/<condition> (rerunning resumes or skips
+# finished runs); OUT/exp1 and OUT/exp2 link to the conditions they compare,
+# so each can be analysed on its own:
+#   python -m jax_attnshare.analyze --runs OUT/exp1 --out OUT/exp1_report
+set -euo pipefail
+which=${1:-all}
+arg=${2:-cpu}
+out=${3:-runs/blog}
+
+declare -A config=(
+  [none]=no_share [k]=k_share [q]=q_share [v]=v_share [kv]=kv_share
+  [kq]=kq_share [qv]=qv_share [kqv]=kqv_share)
+exp1=(none kv kq qv kqv)
+exp2=(none k q v kqv)
+case "$which" in
+  exp1) experiments=(exp1) ;;
+  exp2) experiments=(exp2) ;;
+  all) experiments=(exp1 exp2) ;;
+  *) echo "usage: $0 [exp1|exp2|all] [CONFIG_ARG] [OUT]" >&2; exit 2 ;;
+esac
+
+suffix=${arg:+:$arg}
+for experiment in "${experiments[@]}"; do
+  declare -n conditions=$experiment
+  mkdir -p "$out/$experiment"
+  for condition in "${conditions[@]}"; do
+    python -m jax_attnshare.main \
+      --config="configs/${config[$condition]}.py$suffix" \
+      --workdir="$out/$condition"
+    ln -sfn "../$condition" "$out/$experiment/$condition"
+  done
+  echo "Analyse with: python -m jax_attnshare.analyze --runs $out/$experiment --out $out/${experiment}_report"
+done

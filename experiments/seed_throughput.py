@@ -1,0 +1,122 @@
+"""Seed throughput: S seeds in one vmapped step versus one after another.
+
+  python experiments/seed_throughput.py [--config=configs/kv_share.py:cpu]
+      [--seeds=1,5,15] [--steps=10]
+
+Trains on random full-length token batches (no data needed) with the model,
+optimizer and batch size of the config. For each S it times the vmapped
+S-seed step and the same S seeds stepped one after another with the same
+jitted code (the vmapped step at S=1), after a compile-and-warm-up step. It
+also measures the machine's float32 matmul peak with the same JAX, so the
+step's efficiency is a ratio of two measurements. Prints a table and one JSON
+line.
+"""
+
+import json
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_attnshare import config_utils
+from jax_attnshare import model as model_lib
+from jax_attnshare import train
+
+_CONFIG = flags.DEFINE_string('config', 'configs/kv_share.py:cpu',
+                              'Config file and arg, as for main.')
+_SEEDS = flags.DEFINE_list('seeds', ['1', '5', '15'], 'Seed counts S.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
+_MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'n of the n x n matmul.')
+
+
+def matmul_peak_flops(n: int, repeats: int = 10) -> float:
+  """Best float32 FLOP/s of an n x n matmul, jitted."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.dot)
+  matmul(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def _time_steps(run_one_step, num_steps: int) -> float:
+  run_one_step()  # Compile and warm up.
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    run_one_step()
+  return time.perf_counter() - start
+
+
+def measure(config, num_seeds: int, num_steps: int) -> dict:
+  """Examples/s of the vmapped S-seed step and of S sequential seeds."""
+  mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
+  model = model_lib.Classifier(mcfg)
+  optimizer = train.make_optimizer(config.opt, config.num_train_steps)
+  length, batch_size = config.data.max_length, config.batch_size
+  rng = np.random.default_rng(0)
+  batch = {'tokens': rng.integers(1, mcfg.vocab_size, (batch_size, length),
+                                  dtype=np.int32),
+           'labels': rng.integers(0, 2, (batch_size,), dtype=np.int32)}
+  seeds = list(range(num_seeds))
+
+  steps = train.SeedSteps(model, optimizer, length, num_seeds, False)
+  state = [steps.init(train.seed_keys(seeds))]
+  device_batch = steps.put_batch(batch)
+
+  def vmapped():
+    state[0], m = steps.train(state[0], device_batch)
+    m['loss'].block_until_ready()
+
+  t_vmap = _time_steps(vmapped, num_steps)
+  one = train.SeedSteps(model, optimizer, length, 1, False)
+  states = [one.init(train.seed_keys([s])) for s in seeds]
+
+  def sequential():
+    for i, s in enumerate(states):
+      states[i], m = one.train(s, device_batch)
+    m['loss'].block_until_ready()
+
+  t_seq = _time_steps(sequential, num_steps)
+  examples = num_seeds * batch_size * num_steps
+  flops = model_lib.train_flops_per_example(mcfg, length)
+  return {'seeds': num_seeds, 'vmap_examples_per_s': examples / t_vmap,
+          'sequential_examples_per_s': examples / t_seq,
+          'speedup': t_seq / t_vmap,
+          'vmap_flops_per_s': examples / t_vmap * flops,
+          'flops_per_example': flops}
+
+
+def main(argv):
+  del argv
+  config = config_utils.load_config(_CONFIG.value)
+  peak = matmul_peak_flops(_MATMUL.value)
+  rows = [measure(config, int(s), _STEPS.value) for s in _SEEDS.value]
+  for row in rows:
+    row['vmap_fraction_of_peak'] = row['vmap_flops_per_s'] / peak
+  print(f'config {_CONFIG.value}; device {jax.devices()[0].device_kind}; '
+        f'float32 matmul peak {peak / 1e9:.1f} GFLOP/s '
+        f'({_MATMUL.value}x{_MATMUL.value}); '
+        f'{rows[0]["flops_per_example"] / 1e6:.1f} MFLOP per training '
+        'example')
+  print('| seeds | vmapped ex/s | sequential ex/s | speedup | vmapped GFLOP/s '
+        '| of peak |')
+  print('|---:|---:|---:|---:|---:|---:|')
+  for r in rows:
+    print(f'| {r["seeds"]} | {r["vmap_examples_per_s"]:.0f} | '
+          f'{r["sequential_examples_per_s"]:.0f} | {r["speedup"]:.2f}x | '
+          f'{r["vmap_flops_per_s"] / 1e9:.1f} | '
+          f'{100 * r["vmap_fraction_of_peak"]:.0f}% |')
+  print(json.dumps({'config': _CONFIG.value,
+                    'device': jax.devices()[0].device_kind,
+                    'matmul_peak_flops_per_s': peak, 'rows': rows}))
+
+
+if __name__ == '__main__':
+  app.run(main)
