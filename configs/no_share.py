@@ -3,12 +3,12 @@
 Full size (the blog's: 3 layers, width 128, 8 heads, 256 tokens, 15 seeds,
 15 epochs at batch 32 = 11,715 steps), for one GPU/TPU:
   python -m jax_attnshare.main --config=configs/no_share.py --workdir=runs/none
-Expected: about 1.3e17 training FLOPs over the 15 replicas; at 30% of an
-A100's 156 TFLOP/s TF32 peak that is about 45 minutes (an estimate from the
-FLOP count, not a measurement).
+Expected cost: 6.8e15 training matmul FLOPs over the 15 replicas (the
+count of experiments/seed_throughput.py). Not timed on a GPU here; at 10-30%
+of an A100's TF32 peak that is 2.5-7 minutes of training plus evaluation.
 
-2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 600 steps, test
-subset of 5,000 reviews): see README for the measured time and accuracy.
+2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 500 steps, test
+subset of 5,000 reviews): the README gives its measured time and accuracy.
   python -m jax_attnshare.main --config=configs/no_share.py:cpu
 Args: `cpu`, `tiny` (tests), `seeds=N`.
 """

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_attnshare import config_utils
+from jax_attnshare import cost
+from jax_attnshare import cost
 from jax_attnshare import model as model_lib
 from jax_attnshare import train
 
@@ -57,7 +59,7 @@ def _time_steps(run_one_step, num_steps: int) -> float:
 def measure(config, num_seeds: int, num_steps: int) -> dict:
   """Examples/s of the vmapped S-seed step and of S sequential seeds."""
   mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
-  model = model_lib.Classifier(mcfg)
+  model = model_lib.make_model(mcfg)
   optimizer = train.make_optimizer(config.opt, config.num_train_steps)
   length, batch_size = config.data.max_length, config.batch_size
   rng = np.random.default_rng(0)
@@ -85,7 +87,7 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
 
   t_seq = _time_steps(sequential, num_steps)
   examples = num_seeds * batch_size * num_steps
-  flops = model_lib.train_flops_per_example(mcfg, length)
+  flops = cost.train_flops_per_example(mcfg, length)
   return {'seeds': num_seeds, 'vmap_examples_per_s': examples / t_vmap,
           'sequential_examples_per_s': examples / t_seq,
           'speedup': t_seq / t_vmap,

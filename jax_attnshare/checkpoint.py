@@ -12,22 +12,21 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Saves `state` (every leaf has a leading seed axis) and `meta` together."""
 
-  def __init__(self, workdir: str, every_steps: int, max_to_keep: int):
+  def __init__(self, workdir: str, max_to_keep: int):
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'checkpoints')),
         item_names=('state', 'meta'),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=every_steps,
-            create=True))
+            max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict, force: bool = False):
-    """Saves asynchronously on the interval, or at any step with `force`."""
+  def save(self, step: int, state: Any, meta: dict):
+    """Saves asynchronously; the caller decides which steps are saved."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                      force=force)
+                      force=True)
 
   def restore(self, abstract_state: Any, step: int | None = None):
     """Returns (state, meta) of `step` (default: the latest)."""
