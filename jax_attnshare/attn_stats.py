@@ -233,3 +233,30 @@ def per_layer(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
     value = stats[key]
     out[key] = value.mean(axis=-1) if key in _HEAD_METRICS else value
   return out
+
+
+def head_pair_similarity(probs_NBHTT: jax.Array,
+                         mask_BT: jax.Array) -> dict[str, jax.Array]:
+  """JS divergence and cosine between every two heads of any two layers.
+
+  Same conventions as attention_stats (padding excluded; JS per valid query
+  row, cosine of flattened maps; means over rows, then examples).
+
+  Returns:
+    js [N, H, N, H] and cosine [N, H, N, H]; [l, h, m, g] compares head h of
+    layer l with head g of layer m.
+  """
+  valid_BT = mask_BT.astype(bool)
+  n_B = jnp.sum(valid_BT, axis=-1).astype(jnp.float32)
+  p_NBHTT = _renormalize(probs_NBHTT, valid_BT)
+  n, _, h = p_NBHTT.shape[:3]
+
+  def against(index):
+    q_B1TT = p_NBHTT[index // h][:, index % h][:, None]
+    return lax.map(lambda p: (_js_H(p, q_B1TT, valid_BT, n_B),
+                              _cosine_H(p, q_B1TT, n_B)), p_NBHTT)
+
+  # js_XNH[x, m, g]: head g of layer m against head x % h of layer x // h.
+  js_XNH, cos_XNH = lax.map(against, jnp.arange(n * h))
+  return {'js': js_XNH.reshape(n, h, n, h),
+          'cosine': cos_XNH.reshape(n, h, n, h)}

@@ -53,17 +53,25 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
-def classifier_config(condition: str, arg: str | None) -> ml_collections.ConfigDict:
+# The size args every config takes.
+SIZE_ARGS = dict(cpu=False, tiny=False, seeds=0)
+
+
+def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
+                      | None) -> ml_collections.ConfigDict:
   """The blog's IMDB classifier with `condition` shared across all layers.
 
   Args:
-    condition: a key of BLOG_CONDITIONS.
+    condition: a key of BLOG_CONDITIONS, or components ('kv', 'key,ffn').
     arg: 'cpu' for the 2-core-CPU size, 'tiny' for tests, 'seeds=N' to change
-      the number of seeds.
+      the number of seeds; or a parse_arg result holding at least SIZE_ARGS.
   """
-  a = parse_arg(arg, cpu=False, tiny=False, seeds=0)
+  a = (arg if isinstance(arg, ml_collections.ConfigDict)
+       else parse_arg(arg, **SIZE_ARGS))
   c = ml_collections.ConfigDict()
   c.name = condition
+  # 'classify' (IMDB sentiment) or 'lm' (next token on the review texts).
+  c.task = 'classify'
   # Replica i is trained from seed + i.
   c.seed = 0
   c.num_seeds = 15
@@ -88,9 +96,23 @@ def classifier_config(condition: str, arg: str | None) -> ml_collections.ConfigD
   c.model = ml_collections.ConfigDict(dict(
       width=128, num_layers=3, num_heads=8, ffn_multiplier=4, num_classes=2,
       dropout_rate=0.1, pooling='mean', padding_mask=True, qkv_bias=False,
-      activation='relu', layer_norm_eps=1e-5, embedding_norm=False))
+      activation='relu', layer_norm_eps=1e-5, embedding_norm=False,
+      # ALBERT's factorized embedding size E; 0 = width (not factorized).
+      embedding_width=0))
+  # See sharing.SharingSpec for each field.
   c.sharing = ml_collections.ConfigDict(dict(
-      components=BLOG_CONDITIONS[condition], group_size=0, groups=''))
+      components=BLOG_CONDITIONS.get(condition, condition), group_size=0,
+      groups='',
+      # Key/value heads per layer (GQA; 1 = MQA); 0 = one per query head.
+      kv_heads=0,
+      # Head maps 'key:0,0,2,2;value:...': head h uses head m(h)'s weights.
+      head_map='',
+      # Q, K, V = X·Ws·Dq, X·Ws·Dk, X·Ws·Dv (arXiv 2412.00359).
+      shared_weight=False,
+      # SA layers ('2,3' or '2-3') reuse the last computed softmax map.
+      attention_map_layers='',
+      # CLA factor k: every k-th layer computes K and V, the rest reuse them.
+      kv_activation_every=0))
   c.data = ml_collections.ConfigDict(dict(
       dataset='imdb_reviews', data_dir='', vocab_size=16_000, max_length=256,
       train_examples=0, test_examples=0, data_seed=0,
@@ -104,15 +126,19 @@ def classifier_config(condition: str, arg: str | None) -> ml_collections.ConfigD
       b2=0.999))
 
   if a.cpu:
+    # Sized for 5 seeds in under 10 minutes on 2 cores: two 32-wide heads
+    # (fewer, wider heads keep the attention's elementwise work small), no
+    # dropout (as the blog's base code; the run is shorter than an epoch),
+    # and 500 steps of 32 reviews each.
     c.num_seeds = 5
-    c.model.update(width=64, num_heads=4)
+    c.model.update(width=64, num_heads=2, dropout_rate=0.0)
     c.data.update(vocab_size=4000, max_length=128, test_examples=5000,
                   tokenizer_train_examples=5000)
-    c.num_train_steps = 600
-    c.eval_every_steps = c.ckpt_every_steps = 200
+    c.num_train_steps = 500
+    c.eval_every_steps = c.ckpt_every_steps = 250
     c.log_every_steps = 50
     c.stats_examples = 64
-    c.opt.update(learning_rate=1e-3, warmup_steps=60, schedule='cosine')
+    c.opt.update(learning_rate=1e-3, warmup_steps=50, schedule='cosine')
   if a.tiny:
     c.num_seeds = 2
     c.batch_size = 4
@@ -128,3 +154,53 @@ def classifier_config(condition: str, arg: str | None) -> ml_collections.ConfigD
   if a.seeds:
     c.num_seeds = a.seeds
   return c
+
+
+def lm_config(arg: str | ml_collections.ConfigDict | None
+              ) -> ml_collections.ConfigDict:
+  """A causal LM on the IMDB review texts (labels unused), same loop.
+
+  Each review is one window of max_length tokens (truncated); the loss is
+  the next-token NLL over real tokens and the test metric is perplexity on
+  the test split. Args as for classifier_config.
+  """
+  a = (arg if isinstance(arg, ml_collections.ConfigDict)
+       else parse_arg(arg, **SIZE_ARGS))
+  c = classifier_config('none', a)
+  c.name = 'lm'
+  c.task = 'lm'
+  # Decoders for SA and CLA need depth; short training needs no dropout.
+  c.model.update(num_layers=6, dropout_rate=0.0)
+  if a.cpu:
+    # Next-token logits over the vocabulary dominate the cost: a smaller
+    # vocabulary and 64-token windows keep a run near the classifier's time.
+    # Four heads, so GQA with two groups differs from both MHA and MQA.
+    c.model.update(num_layers=4, num_heads=4)
+    c.data.update(vocab_size=2000, max_length=64, test_examples=2000)
+  if a.tiny:
+    c.model.num_layers = 3
+  return c
+
+
+def variant_name(base: str, a: ml_collections.ConfigDict, **defaults) -> str:
+  """'gqa' plus '_<arg><value>' for each of `defaults` that `a` changes."""
+  return '_'.join([base] + [f'{k}{a[k]}' for k, v in defaults.items()
+                            if a[k] != v])
+
+
+def paired_head_map(projections: str, num_heads: int) -> str:
+  """Head map in which odd heads use the even head before them (h -> h - h%2).
+
+  Args:
+    projections: letters of the projections that take the map, e.g. 'qk'.
+    num_heads: heads per layer.
+  """
+  heads = ','.join(str(h - h % 2) for h in range(num_heads))
+  return ';'.join(f'{p}:{heads}' for p in projections)
+
+
+# ALBERT's cross-layer sharing ablation (its Table 4) -> shared components;
+# 'all' also shares the LayerNorms, so every block parameter is shared.
+ALBERT_VARIANTS = {
+    'all': 'query,key,value,output,ffn,norms',
+    'attention': 'query,key,value,output', 'ffn': 'ffn', 'none': 'none'}

@@ -25,6 +25,7 @@ import numpy as np
 
 from jax_attnshare import attn_stats
 from jax_attnshare import checkpoint
+from jax_attnshare import cost
 from jax_attnshare import data
 from jax_attnshare import figures
 from jax_attnshare import model as model_lib
@@ -112,13 +113,13 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   heatmap_tokens = dataset.test.tokens[config.heatmap_example]
   heatmap_pieces = data.pieces(dataset.tokenizer, heatmap_tokens)
 
-  model = model_lib.Classifier(mcfg)
-  params_count = model_lib.param_counts(mcfg)
+  model = model_lib.make_model(mcfg)
+  params_count = cost.param_counts(mcfg)
+  cost_summary = cost.summary(mcfg)
   steps = train.SeedSteps(model, optimizer, config.data.max_length,
                           config.num_seeds, per_seed)
   keys = train.seed_keys(seeds)
-  ckpt = checkpoint.Checkpointer(workdir, config.ckpt_every_steps,
-                                 config.max_to_keep)
+  ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
   history, diverged, wall_before = [], {}, 0.0
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(jax.eval_shape(steps.init, keys))
@@ -144,7 +145,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   def write_summary(step, final_attention):
     value = results.summary(
         config=cfg, config_name=config_name, sharing=spec, seeds=seeds,
-        params=params_count, completed_steps=step,
+        params=params_count, cost=cost_summary, completed_steps=step,
         wall_time_s=wall_before + time.time() - start_time, history=history,
         diverged=diverged, final_attention=final_attention,
         sparsity_thresholds=_threshold_descriptions())
@@ -197,8 +198,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
           _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces)
           history.append({
               'step': step, 'train_loss': train_S['loss'],
-              'test_loss': test_S['loss'],
-              'test_accuracy': test_S['accuracy'],
+              **{f'test_{k}': v for k, v in test_S.items()},
               'attention': {k: layer_S[k]
                             for k in attn_stats.PER_LAYER_METRICS}})
           summary = write_summary(step, attention_S)
@@ -207,11 +207,12 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
                      probs=maps_SNHTT, pieces=np.array(heatmap_pieces),
                      label=dataset.test.labels[config.heatmap_example],
                      step=step)
-        ckpt.save(step, state, {
-            'seeds': seeds, 'sharing': spec, 'history': results.jsonable(
-                history), 'diverged': diverged,
-            'wall_time_s': wall_before + time.time() - start_time,
-            'config_hash': results.config_hash(cfg)}, force=last)
+        if last or step % config.ckpt_every_steps == 0:
+          ckpt.save(step, state, {
+              'seeds': seeds, 'sharing': spec,
+              'history': results.jsonable(history), 'diverged': diverged,
+              'wall_time_s': wall_before + time.time() - start_time,
+              'config_hash': results.config_hash(cfg)})
   finally:
     ckpt.close()
     writers.close()

@@ -1,14 +1,18 @@
-"""BERT-style encoder classifier whose parts are shared as a SharingSpec says.
+"""Encoder classifier and causal LM, their parts shared as a SharingSpec says.
 
 The base follows the blog's base code (pbloem/former CTransformer): token plus
 learned position embeddings, post-LN blocks, multi-head attention with per-head
 width K = D / H and scale 1/sqrt(K), a ReLU FFN, mean or max pooling and a
 linear head. A shared component is created once per layer group by the encoder
 and handed to every block of the group, so Flax binds one parameter subtree in
-all of them.
+all of them. Within a layer, a projection stores only its distinct heads and
+gathers them by the spec's static head index; SA and CLA layers take the map
+or the K/V activations that the encoder threads from earlier layers. With
+`causal=True` the same blocks make a decoder (`LanguageModel`).
 
-Shape suffixes: S seeds, B batch, T tokens, D width, H heads, K head width,
-F FFN width, N layers, V vocab, C classes.
+Shape suffixes: S seeds, B batch, T tokens, D width, E embedding width,
+H heads, M stored heads, K head width, F FFN width, N layers, V vocab,
+C classes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jax_attnshare import head_links
+from jax_attnshare import lisa
 from jax_attnshare import sharing
 
 ATTENTION_COLLECTION = 'intermediates'
-ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu}
+# 'gelu' is flax's tanh approximation; BERT checkpoints use the exact erf form.
+ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu,
+               'gelu_exact': lambda x: nn.gelu(x, approximate=False)}
 POOLINGS = ('mean', 'max')
+TASKS = ('classify', 'lm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +56,28 @@ class ModelConfig:
   layer_norm_eps: float = 1e-5
   embedding_norm: bool = False
   pad_id: int = 0
+  # ALBERT's factorized embedding: tokens are embedded in E dimensions and
+  # projected to D; 0 means E = D and no projection.
+  embedding_width: int = 0
+  # A decoder: each token attends to itself and earlier tokens only.
+  causal: bool = False
 
   @property
   def head_width(self) -> int:
     return self.width // self.num_heads
+
+  @property
+  def factorized(self) -> bool:
+    return self.embedding_width not in (0, self.width)
 
 
 def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   """Validates `config.model`/`config.sharing` and builds the ModelConfig."""
   m = config.model
   sharing.validate_heads(m.width, m.num_heads)
+  task = config.get('task', 'classify')
+  if task not in TASKS:
+    raise ValueError(f'config.task must be one of {TASKS}, got {task!r}.')
   if m.num_layers < 1:
     raise ValueError(f'config.model.num_layers must be >= 1, got '
                      f'{m.num_layers}.')
@@ -68,7 +90,12 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ValueError(f'config.model.dropout_rate must be in [0, 1), got '
                      f'{m.dropout_rate}.')
-  spec = sharing.SharingSpec.from_config(config.sharing, m.num_layers)
+  embedding_width = m.get('embedding_width', 0)
+  if embedding_width < 0:
+    raise ValueError(f'config.model.embedding_width must be >= 0 (0 = '
+                     f'config.model.width), got {embedding_width}.')
+  spec = sharing.SharingSpec.from_config(config.sharing, m.num_layers,
+                                         m.num_heads)
   return ModelConfig(
       vocab_size=vocab_size, max_length=config.data.max_length, sharing=spec,
       width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
@@ -76,7 +103,17 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
       dropout_rate=m.dropout_rate, pooling=m.pooling,
       padding_mask=m.padding_mask, qkv_bias=m.qkv_bias,
       activation=m.activation, layer_norm_eps=m.layer_norm_eps,
-      embedding_norm=m.embedding_norm, pad_id=pad_id)
+      embedding_norm=m.embedding_norm, pad_id=pad_id,
+      embedding_width=embedding_width, causal=task == 'lm')
+
+
+def stored_heads(cfg: ModelConfig, projection: str,
+                 layer: int | None = None) -> int:
+  """M: heads of `projection` (in `layer`) that hold their own parameters."""
+  if layer is not None and cfg.sharing.head_links:
+    return len(head_links.own_heads(cfg.sharing, layer))
+  index = cfg.sharing.head_index(projection)
+  return cfg.num_heads if index is None else max(index) + 1
 
 
 class FeedForward(nn.Module):
@@ -90,58 +127,160 @@ class FeedForward(nn.Module):
     return nn.Dense(cfg.width, name='out')(h_BTF)
 
 
-def make_component(cfg: ModelConfig, component: str, name: str) -> nn.Module:
-  """One copy of a shareable component (a projection or the FFN)."""
-  if component == 'ffn':
+class LayerNorms(nn.Module):
+  """The two post-LN norms of a block as one shareable component."""
+  config: ModelConfig
+
+  def setup(self):
+    eps = self.config.layer_norm_eps
+    self.ln_attention = nn.LayerNorm(eps)
+    self.ln_ffn = nn.LayerNorm(eps)
+
+  def __call__(self, x_BTD, which: str):
+    return getattr(self, f'ln_{which}')(x_BTD)
+
+
+class SharedWeightQKV(nn.Module):
+  """Q, K, V = X·Ws·Dq, X·Ws·Dk, X·Ws·Dv (arXiv 2412.00359).
+
+  Per head, Q Kᵀ = X Ws Dq Dk Wsᵀ Xᵀ, so the logits are symmetric.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    cfg = self.config
+    shape = (cfg.num_heads, cfg.head_width)
+    s_BTHK = nn.DenseGeneral(shape, use_bias=cfg.qkv_bias, name='shared')(
+        x_BTD)
+    diagonals = [self.param(f'{c}_scale', nn.initializers.ones, shape)
+                 for c in ('query', 'key', 'value')]
+    return tuple(s_BTHK * d_HK[None, None] for d_HK in diagonals)
+
+
+def make_component(cfg: ModelConfig, part: str, name: str,
+                   layer: int | None = None) -> nn.Module:
+  """One copy of a shareable part (see sharing.PARTS)."""
+  if part == 'ffn':
     return FeedForward(cfg, name=name)
-  if component == 'output':
-    return nn.DenseGeneral(cfg.width, axis=(-2, -1), name=name)
-  return nn.DenseGeneral((cfg.num_heads, cfg.head_width),
-                         use_bias=cfg.qkv_bias, name=name)
+  if part == 'norms':
+    return LayerNorms(cfg, name=name)
+  if part == 'qkv':
+    return SharedWeightQKV(cfg, name=name)
+  heads = stored_heads(cfg, part, layer)
+  # A layer whose heads all use earlier layers' (head links) holds empty
+  # kernels, which the default initializers cannot scale (zero fan).
+  empty = {} if heads else {'kernel_init': nn.initializers.zeros}
+  if part == 'output':
+    return nn.DenseGeneral(cfg.width, axis=(-2, -1), name=name, **empty)
+  return nn.DenseGeneral((heads, cfg.head_width), use_bias=cfg.qkv_bias,
+                         name=name, **empty)
+
+
+def _expand(t_BTMK, index):
+  """Stored heads -> one per head, by the spec's static head index."""
+  return t_BTMK if index is None else t_BTMK[:, :, np.asarray(index)]
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention; `shared` maps component -> bound module."""
+  """Multi-head self-attention of layer `layer`; `shared` maps part -> module.
+
+  `carry` holds what earlier layers computed for reuse: 'probs' (the last
+  computed softmax map, for SA), 'logits' (its unmasked logits, for LISA),
+  'kv' (the last computed stored-head keys and values, for CLA) and 'heads'
+  (slices of heads that later layers link to, head_links.py). Returns the
+  output and the updated carry.
+  """
   config: ModelConfig
+  layer: int = 0
   shared: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
 
   @nn.compact
-  def __call__(self, x_BTD, mask_BT):
-    cfg = self.config
-    proj = {c: self.shared.get(c) or make_component(cfg, c, c)
-            for c in ('query', 'key', 'value', 'output')}
-    q_BTHK = proj['query'](x_BTD)
-    k_BTHK = proj['key'](x_BTD)
-    v_BTHK = proj['value'](x_BTD)
-    logits_BHTT = jnp.einsum('bqhk,bthk->bhqt', q_BTHK, k_BTHK)
-    logits_BHTT = logits_BHTT / jnp.sqrt(cfg.head_width).astype(x_BTD.dtype)
-    if mask_BT is not None:
-      logits_BHTT = jnp.where(mask_BT[:, None, None, :], logits_BHTT,
-                              jnp.finfo(logits_BHTT.dtype).min)
-    probs_BHTT = jax.nn.softmax(logits_BHTT, axis=-1)
+  def __call__(self, x_BTD, mask_B1TT, carry):
+    cfg, spec = self.config, self.config.sharing
+    parts = spec.layer_parts(self.layer)
+    proj = {c: self.shared.get(c) or make_component(cfg, c, c, self.layer)
+            for c in parts if c not in ('ffn', 'norms')}
+    carry = dict(carry)
+    if 'qkv' in proj:
+      q_BTMK, k_BTMK, v_BTMK = proj['qkv'](x_BTD)
+    else:
+      q_BTMK, k_BTMK, v_BTMK = (proj[c](x_BTD) if c in proj else None
+                                for c in ('query', 'key', 'value'))
+    if spec.head_links:
+      q_BTMK, k_BTMK, v_BTMK = head_links.gather(
+          spec, self.layer, x_BTD, (q_BTMK, k_BTMK, v_BTMK), carry)
+    if spec.reuses_kv(self.layer):
+      k_BTMK, v_BTMK = carry['kv']
+    elif k_BTMK is not None:
+      carry['kv'] = (k_BTMK, v_BTMK)
+    if spec.reuses_map(self.layer):
+      if spec.lisa_rank or spec.lisa_align_width:
+        carry['logits'], carry['probs'] = lisa.Substitute(
+            cfg.num_heads, spec.lisa_rank, spec.lisa_align_width,
+            name=lisa.SCOPE)(carry['logits'], x_BTD, mask_B1TT)
+      probs_BHTT = carry['probs']
+    else:
+      q_BTHK = _expand(q_BTMK, spec.head_index('query'))
+      k_BTHK = _expand(k_BTMK, spec.head_index('key'))
+      logits_BHTT = jnp.einsum('bqhk,bthk->bhqt', q_BTHK, k_BTHK)
+      logits_BHTT = logits_BHTT / jnp.sqrt(cfg.head_width).astype(x_BTD.dtype)
+      carry['logits'] = logits_BHTT  # Unmasked, for LISA layers after it.
+      if mask_B1TT is not None:
+        logits_BHTT = jnp.where(mask_B1TT, logits_BHTT,
+                                jnp.finfo(logits_BHTT.dtype).min)
+      probs_BHTT = jax.nn.softmax(logits_BHTT, axis=-1)
+      carry['probs'] = probs_BHTT
     # Sown only when the caller makes the collection mutable, so the training
-    # step pays nothing for it.
+    # step pays nothing for it. SA layers sow the map they reuse.
     self.sow(ATTENTION_COLLECTION, 'attention_probs', probs_BHTT)
+    v_BTHK = _expand(v_BTMK, spec.head_index('value'))
     out_BTHK = jnp.einsum('bhqt,bthk->bqhk', probs_BHTT, v_BTHK)
-    return proj['output'](out_BTHK)
+    index = spec.head_index('output')
+    if index is not None:
+      # sum_h o_h W_m(h) = sum_m (sum over h with m(h) = m of o_h) W_m.
+      onehot_HM = np.eye(max(index) + 1, dtype=np.float32)[np.asarray(index)]
+      out_BTHK = jnp.einsum('bthk,hm->btmk', out_BTHK, onehot_HM)
+    if spec.head_links:
+      out_BTD = head_links.output(spec, self.layer, proj['output'], out_BTHK,
+                                  carry)
+      return out_BTD, head_links.donate(spec, self.layer, proj, carry)
+    return proj['output'](out_BTHK), carry
 
 
 class EncoderBlock(nn.Module):
   """Post-LN block: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
   config: ModelConfig
+  layer: int = 0
   shared: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
 
   @nn.compact
-  def __call__(self, x_BTD, mask_BT, deterministic: bool):
+  def __call__(self, x_BTD, mask_B1TT, carry, deterministic: bool):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
-    attn = {c: m for c, m in self.shared.items() if c != 'ffn'}
-    a_BTD = SelfAttention(cfg, shared=attn, name='attention')(x_BTD, mask_BT)
-    x_BTD = nn.LayerNorm(cfg.layer_norm_eps, name='ln_attention')(
-        x_BTD + drop(a_BTD))
+    attn = {c: m for c, m in self.shared.items() if c not in ('ffn', 'norms')}
+    a_BTD, carry = SelfAttention(cfg, self.layer, shared=attn,
+                                 name='attention')(x_BTD, mask_B1TT, carry)
+    norms = self.shared.get('norms')
+
+    def norm(which, y_BTD):
+      if norms is not None:
+        return norms(y_BTD, which)
+      return nn.LayerNorm(cfg.layer_norm_eps, name=f'ln_{which}')(y_BTD)
+
+    x_BTD = norm('attention', x_BTD + drop(a_BTD))
     ffn = self.shared.get('ffn') or FeedForward(cfg, name='ffn')
-    return nn.LayerNorm(cfg.layer_norm_eps, name='ln_ffn')(
-        x_BTD + drop(ffn(x_BTD)))
+    return norm('ffn', x_BTD + drop(ffn(x_BTD))), carry
+
+
+def attention_mask(cfg: ModelConfig, valid_BT):
+  """Which keys each query may see, broadcastable to [B, H, T, T], or None."""
+  mask_B1TT = valid_BT[:, None, None, :] if cfg.padding_mask else None
+  if cfg.causal:
+    length = valid_BT.shape[1]
+    causal_11TT = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    mask_B1TT = causal_11TT if mask_B1TT is None else mask_B1TT & causal_11TT
+  return mask_B1TT
 
 
 class Encoder(nn.Module):
@@ -149,18 +288,37 @@ class Encoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTD, mask_BT, deterministic: bool):
+  def __call__(self, x_BTD, mask_B1TT, deterministic: bool):
     cfg = self.config
     spec = cfg.sharing
     groups = [{c: make_component(cfg, c, f'shared_{c}_g{g}')
-               for c in spec.components}
+               for c in spec.shared_parts}
               for g in range(len(spec.layer_groups))]
+    carry = {}
     for layer in range(cfg.num_layers):
       g = spec.group_of(layer)
       shared = groups[g] if g is not None else {}
-      x_BTD = EncoderBlock(cfg, shared=shared, name=f'layer_{layer}')(
-          x_BTD, mask_BT, deterministic)
+      x_BTD, carry = EncoderBlock(cfg, layer, shared=shared,
+                                  name=f'layer_{layer}')(
+                                      x_BTD, mask_B1TT, carry, deterministic)
     return x_BTD
+
+
+def embed(cfg: ModelConfig, tokens_BT, deterministic: bool):
+  """Token + position embeddings (projected E -> D if factorized), dropout.
+
+  Called inside a parent's compact method, so its modules belong to it.
+  """
+  e = cfg.embedding_width if cfg.factorized else cfg.width
+  positions_T = jnp.arange(tokens_BT.shape[1])
+  x_BTE = (nn.Embed(cfg.vocab_size, e, name='token_embed')(tokens_BT)
+           + nn.Embed(cfg.max_length, e, name='position_embed')(
+               positions_T)[None])
+  if cfg.embedding_norm:
+    x_BTE = nn.LayerNorm(cfg.layer_norm_eps, name='ln_embed')(x_BTE)
+  if cfg.factorized:
+    x_BTE = nn.Dense(cfg.width, name='embed_projection')(x_BTE)
+  return nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTE)
 
 
 class Classifier(nn.Module):
@@ -175,19 +333,31 @@ class Classifier(nn.Module):
   def __call__(self, tokens_BT, deterministic: bool = True):
     cfg = self.config
     valid_BT = tokens_BT != cfg.pad_id
-    mask_BT = valid_BT if cfg.padding_mask else None
-    positions_T = jnp.arange(tokens_BT.shape[1])
-    x_BTD = (nn.Embed(cfg.vocab_size, cfg.width, name='token_embed')(tokens_BT)
-             + nn.Embed(cfg.max_length, cfg.width,
-                        name='position_embed')(positions_T)[None])
-    if cfg.embedding_norm:
-      x_BTD = nn.LayerNorm(cfg.layer_norm_eps, name='ln_embed')(x_BTD)
-    x_BTD = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTD)
-    x_BTD = Encoder(cfg, name='encoder')(x_BTD, mask_BT, deterministic)
-    pooled_BD = pool(x_BTD, mask_BT, cfg.pooling)
+    x_BTD = embed(cfg, tokens_BT, deterministic)
+    x_BTD = Encoder(cfg, name='encoder')(
+        x_BTD, attention_mask(cfg, valid_BT), deterministic)
+    pooled_BD = pool(x_BTD, valid_BT if cfg.padding_mask else None,
+                     cfg.pooling)
     if not cfg.num_classes:
       return pooled_BD
     return nn.Dense(cfg.num_classes, name='head')(pooled_BD)
+
+
+class LanguageModel(nn.Module):
+  """Embeddings -> causal blocks -> next-token logits_BTV."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT, deterministic: bool = True):
+    cfg = self.config
+    x_BTD = embed(cfg, tokens_BT, deterministic)
+    x_BTD = Encoder(cfg, name='encoder')(
+        x_BTD, attention_mask(cfg, tokens_BT != cfg.pad_id), deterministic)
+    return nn.Dense(cfg.vocab_size, name='lm_head')(x_BTD)
+
+
+def make_model(cfg: ModelConfig) -> nn.Module:
+  return LanguageModel(cfg) if cfg.causal else Classifier(cfg)
 
 
 def pool(x_BTD, mask_BT, pooling: str):
@@ -207,37 +377,3 @@ def attention_probs(intermediates) -> jax.Array:
   return jnp.stack([layers[f'layer_{i}']['attention']['attention_probs'][0]
                     for i in range(len(layers))
                     if f'layer_{i}' in layers])
-
-
-def component_sizes(cfg: ModelConfig) -> dict[str, int]:
-  """Parameters in one copy of each per-layer component (closed form)."""
-  d, f = cfg.width, cfg.ffn_width
-  qkv = d * d + (d if cfg.qkv_bias else 0)
-  return {'query': qkv, 'key': qkv, 'value': qkv, 'output': d * d + d,
-          'ffn': d * f + f + f * d + d, 'layer_norms': 4 * d}
-
-
-def param_counts(cfg: ModelConfig) -> dict[str, int]:
-  """Closed-form counts: total, attention, embeddings and shared."""
-  sizes = component_sizes(cfg)
-  spec = cfg.sharing
-  embeddings = (cfg.vocab_size + cfg.max_length) * cfg.width
-  embeddings += 2 * cfg.width if cfg.embedding_norm else 0
-  head = (cfg.width + 1) * cfg.num_classes
-  attention = sum(spec.num_copies(c) * sizes[c]
-                  for c in ('query', 'key', 'value', 'output'))
-  counted = spec.count(sizes)
-  return {'total': embeddings + counted['layers'] + head,
-          'attention': attention, 'embeddings': embeddings,
-          'shared': counted['shared']}
-
-
-def train_flops_per_example(cfg: ModelConfig, length: int) -> int:
-  """Matmul FLOPs of one training example (forward + backward = 3x forward).
-
-  Counts the Q/K/V/O projections, the two attention products (QK^T and AV)
-  and the FFN; embeddings, norms, softmax and the head are left out.
-  """
-  d, f, t = cfg.width, cfg.ffn_width, length
-  per_layer = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * t * t * d
-  return 3 * cfg.num_layers * per_layer

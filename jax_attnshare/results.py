@@ -107,15 +107,22 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
             params: dict, completed_steps: int, wall_time_s: float,
             history: list[dict], diverged: dict[int, int],
             final_attention: dict[str, np.ndarray] | None,
-            sparsity_thresholds: Mapping[str, str]) -> dict:
-  """The machine-readable summary of a run (see README, 'Workdir')."""
+            sparsity_thresholds: Mapping[str, str],
+            cost: dict | None = None) -> dict:
+  """The machine-readable summary of a run (see README, 'Workdir').
+
+  `cost` is cost.summary's FLOP and KV-cache accounting of the model.
+  """
   last = history[-1] if history else {}
+  # The task's test metrics: accuracy for the classifier; perplexity and
+  # token accuracy for the LM.
+  metrics = [k for k in last if k.startswith('test_')] or [
+      'test_accuracy', 'test_loss']
   per_seed = []
   for i, seed in enumerate(seeds):
     entry = {'seed': seed, 'diverged': i in diverged,
              'diverged_at_step': diverged.get(i),
-             'test_accuracy': last.get('test_accuracy', [None] * len(seeds))[i],
-             'test_loss': last.get('test_loss', [None] * len(seeds))[i],
+             **{k: last[k][i] if k in last else None for k in metrics},
              'params': params}
     if final_attention is not None:
       entry['attention'] = {k: v[i] for k, v in final_attention.items()}
@@ -132,4 +139,5 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
       'wall_time_s': wall_time_s, 'num_layers': m['num_layers'],
       'num_heads': m['num_heads'],
       'sparsity_thresholds': dict(sparsity_thresholds), 'params': params,
+      'cost': cost,
       'per_seed': per_seed, 'history': history}

@@ -9,7 +9,7 @@ depends on seed i alone and equals a single-seed run.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 from flax.training import train_state
@@ -71,21 +71,43 @@ def init_state(key: jax.Array, model: nn.Module,
                            rng=dropout_key)
 
 
-def _loss_and_accuracy(logits_BC, labels_B):
+def classification_losses(logits_BC, batch: dict):
+  """Loss, correctness and weight (1) of each example's label."""
+  labels_B = batch['labels']
   loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
-  return loss_B, (logits_BC.argmax(-1) == labels_B).astype(jnp.float32)
+  correct_B = (logits_BC.argmax(-1) == labels_B).astype(jnp.float32)
+  return loss_B, correct_B, jnp.ones_like(loss_B)
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def next_token_losses(logits_BTV, batch: dict, pad_id: int):
+  """Loss, correctness and weight of each next token; padding weighs 0."""
+  targets_BT = batch['tokens'][:, 1:]
+  logits_BTV = logits_BTV[:, :-1]
+  loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV,
+                                                            targets_BT)
+  correct_BT = (logits_BTV.argmax(-1) == targets_BT).astype(jnp.float32)
+  return loss_BT, correct_BT, (targets_BT != pad_id).astype(jnp.float32)
+
+
+def objective(cfg: model_lib.ModelConfig) -> Callable:
+  """(model output, batch) -> per-prediction (loss, correct, weight)."""
+  if cfg.causal:
+    return functools.partial(next_token_losses, pad_id=cfg.pad_id)
+  return classification_losses
+
+
+def train_step(state: TrainState, batch: dict,
+               losses: Callable = classification_losses
+               ) -> tuple[TrainState, dict]:
   """One AdamW update of one replica; dropout keyed by (replica, step)."""
   dropout_key = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    logits_BC = state.apply_fn({'params': params}, batch['tokens'],
-                               deterministic=False,
-                               rngs={'dropout': dropout_key})
-    loss_B, correct_B = _loss_and_accuracy(logits_BC, batch['labels'])
-    return loss_B.mean(), correct_B.mean()
+    out = state.apply_fn({'params': params}, batch['tokens'],
+                         deterministic=False, rngs={'dropout': dropout_key})
+    loss_X, correct_X, w_X = losses(out, batch)
+    count = jnp.maximum(w_X.sum(), 1.0)
+    return (loss_X * w_X).sum() / count, (correct_X * w_X).sum() / count
 
   (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -95,12 +117,17 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
 
 
 def eval_step(params: Any, batch: dict, model: nn.Module) -> dict:
-  """Sums of loss and correct predictions over the real rows of a batch."""
-  logits_BC = model.apply({'params': params}, batch['tokens'])
-  loss_B, correct_B = _loss_and_accuracy(logits_BC, batch['labels'])
+  """Sums of loss and correct predictions over a batch's real targets.
+
+  Targets are the labels of the real rows, or for the LM their real next
+  tokens.
+  """
+  out = model.apply({'params': params}, batch['tokens'])
+  loss_X, correct_X, w_X = objective(model.config)(out, batch)
   w_B = batch['weights']
-  return {'loss_sum': (loss_B * w_B).sum(), 'correct': (correct_B * w_B).sum(),
-          'count': w_B.sum()}
+  w_X = w_X * w_B.reshape(w_B.shape + (1,) * (w_X.ndim - 1))
+  return {'loss_sum': (loss_X * w_X).sum(), 'correct': (correct_X * w_X).sum(),
+          'count': w_X.sum()}
 
 
 def maps_step(params: Any, tokens_BT: jax.Array, model: nn.Module):
@@ -132,13 +159,16 @@ class SeedSteps:
         mesh, jax.sharding.PartitionSpec('seed'))
     self.replicated = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec())
+    self.causal = model.config.causal
     self.batch_sharding = (self.seed_sharding if per_seed_batches
                            else self.replicated)
     init = functools.partial(init_state, model=model, optimizer=optimizer,
                              length=length)
     self.init = jax.jit(jax.vmap(init), out_shardings=self.seed_sharding)
     self.train = jax.jit(
-        jax.vmap(train_step, in_axes=(0, 0 if per_seed_batches else None)),
+        jax.vmap(functools.partial(train_step,
+                                   losses=objective(model.config)),
+                 in_axes=(0, 0 if per_seed_batches else None)),
         donate_argnums=0)
     self.eval = jax.jit(jax.vmap(
         functools.partial(eval_step, model=model), in_axes=(0, None)))
@@ -155,15 +185,22 @@ class SeedSteps:
 
 
 def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
-  """Mean test loss and accuracy per replica over all eval batches."""
+  """Test metrics per replica over all eval batches.
+
+  Mean loss and accuracy; for the LM the mean next-token loss, perplexity =
+  exp(loss) and token accuracy, each over all real next tokens.
+  """
   total = None
   for batch in batches:
     sums = steps.eval(params, steps.put_shared(batch))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   total = jax.device_get(total)
-  count = total['count']
-  return {'loss': total['loss_sum'] / count,
-          'accuracy': total['correct'] / count}
+  loss = total['loss_sum'] / total['count']
+  accuracy = total['correct'] / total['count']
+  if steps.causal:
+    return {'loss': loss, 'perplexity': np.exp(loss),
+            'token_accuracy': accuracy}
+  return {'loss': loss, 'accuracy': accuracy}
 
 
 def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,

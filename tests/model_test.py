@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jax_attnshare import config_utils
+from jax_attnshare import cost
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
 
@@ -48,7 +49,7 @@ def test_param_count_matches_formula(condition, components):
   for kw in ({}, {'qkv_bias': True, 'embedding_norm': True}):
     cfg = _cfg(comps, **kw)
     params = _init(cfg)
-    counts = model_lib.param_counts(cfg)
+    counts = cost.param_counts(cfg)
     assert _count(params) == counts['total']
     shared = {k: v for k, v in params['encoder'].items()
               if k.startswith('shared_')}
@@ -166,4 +167,4 @@ def test_capture_does_not_change_outputs():
 def test_train_flops_by_hand():
   cfg = _cfg()
   per_layer = 2 * T * (4 * D * D + 2 * D * 2 * D) + 4 * T * T * D
-  assert model_lib.train_flops_per_example(cfg, T) == 3 * N * per_layer
+  assert cost.train_flops_per_example(cfg, T) == 3 * N * per_layer

@@ -14,7 +14,7 @@ def _cfg(components='', group_size=0, groups=''):
 @pytest.mark.parametrize('text,expected', [
     ('none', ()), ('', ()), ('k', ('key',)), ('kv', ('key', 'value')),
     ('qk', ('query', 'key')), ('value,key', ('key', 'value')),
-    ('qkvof', sharing.COMPONENTS), ('ffn', ('ffn',)),
+    ('qkvofn', sharing.COMPONENTS), ('qkvof', sharing.COMPONENTS[:5]), ('ffn', ('ffn',)),
 ])
 def test_parse_components(text, expected):
   assert sharing.parse_components(text) == expected

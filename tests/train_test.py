@@ -1,5 +1,9 @@
 """Seed-vmapped steps: replica i equals a single run with seed i."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -105,3 +109,42 @@ def test_eval_step_ignores_padding_rows():
 def test_bad_optimizer_fields_name_the_field(field, value):
   with pytest.raises(ValueError, match=f'config.opt.{field}'):
     train.make_optimizer(_opt(**{field: value}), 10)
+
+
+_TWO_DEVICE_SCRIPT = '''
+import jax, numpy as np
+from jax_attnshare import model as model_lib, sharing, train
+import ml_collections
+assert jax.device_count() == 2
+spec = sharing.SharingSpec(num_layers=1, components=("key",),
+                           layer_groups=((0,),))
+model = model_lib.Classifier(model_lib.ModelConfig(
+    vocab_size=20, max_length=8, sharing=spec, width=8, num_layers=1,
+    num_heads=2, ffn_width=16))
+opt = train.make_optimizer(ml_collections.ConfigDict(dict(
+    name="adam", learning_rate=1e-2, warmup_steps=0, schedule="constant",
+    weight_decay=0.0, clip_norm=1.0, b1=0.9, b2=0.999)), 5)
+batch = {"tokens": np.arange(1, 17, dtype=np.int32).reshape(2, 8),
+         "labels": np.array([0, 1], np.int32)}
+steps = train.SeedSteps(model, opt, 8, 4, per_seed_batches=False)
+state = steps.init(train.seed_keys([0, 1, 2, 3]))
+state, _ = steps.train(state, steps.put_batch(batch))
+kernel = state.params["encoder"]["shared_key_g0"]["kernel"]
+assert len(kernel.sharding.device_set) == 2, kernel.sharding
+single = train.init_state(jax.random.key(3), model, opt, 8)
+single, _ = jax.jit(train.train_step)(single, batch)
+np.testing.assert_allclose(
+    kernel[3], single.params["encoder"]["shared_key_g0"]["kernel"],
+    rtol=1e-5, atol=1e-6)
+print("sharded ok")
+'''
+
+
+def test_seed_axis_is_sharded_over_devices():
+  """With two (simulated) devices, replicas split across them, unchanged."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT],
+                          env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert 'sharded ok' in result.stdout, result.stderr[-3000:]

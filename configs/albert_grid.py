@@ -1,0 +1,35 @@
+"""IMDB sentiment, ALBERT's cross-layer sharing ablation (arXiv 1909.11942).
+
+The four rows of ALBERT's Table 4, each with its factorized embedding (tokens
+embedded in E dimensions, projected to the width D):
+  variant=all        every block parameter shared across layers (Q, K, V,
+                     O, FFN and both LayerNorms);
+  variant=attention  Q, K, V, O shared; FFN and norms per layer;
+  variant=ffn        FFN shared; attention and norms per layer;
+  variant=none       nothing shared (only the factorized embedding).
+configs/albert.py is the blog's condition instead (norms per layer, E = D).
+
+Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
+  python -m jax_attnshare.main --config=configs/albert_grid.py:variant=all
+2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 500 steps), the grid:
+  for v in all attention ffn none; do
+    python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,variant=$v
+  done
+Args: `variant=` (default all), `embedding=E` (default 32; 0 = E = D, not
+factorized), `cpu`, `tiny`, `seeds=N`.
+"""
+
+from jax_attnshare import config_utils
+
+
+def get_config(arg=None):
+  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, variant='all',
+                             embedding=32)
+  if a.variant not in config_utils.ALBERT_VARIANTS:
+    raise ValueError(f'config arg variant={a.variant!r} must be one of '
+                     f'{sorted(config_utils.ALBERT_VARIANTS)}.')
+  c = config_utils.classifier_config(
+      config_utils.ALBERT_VARIANTS[a.variant], a)
+  c.model.embedding_width = a.embedding
+  c.name = f'albert_{a.variant}_e{a.embedding}'
+  return c

@@ -1,0 +1,25 @@
+"""IMDB sentiment with cross-layer K/V activations (CLA, arXiv 2405.12981).
+
+Layers l with l % k == 0 compute keys and values; the k - 1 layers after
+each reuse them with their own queries (CLA2 for k = 2: layer 1 reuses layer
+0's K and V, layer 2 computes its own). Reusing layers hold no K or V
+projection. This shares activations, not weights; compare kv_share.py.
+
+Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
+  python -m jax_attnshare.main --config=configs/cla.py --workdir=runs/cla
+2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 500 steps):
+  python -m jax_attnshare.main --config=configs/cla.py:cpu
+Args: `every=k` (default 2), `kv_heads=G` (CLA on top of GQA/MQA), `cpu`,
+`tiny`, `seeds=N`.
+"""
+
+from jax_attnshare import config_utils
+
+
+def get_config(arg=None):
+  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, every=2,
+                             kv_heads=0)
+  c = config_utils.classifier_config('none', a)
+  c.sharing.update(kv_activation_every=a.every, kv_heads=a.kv_heads)
+  c.name = config_utils.variant_name(f'cla{a.every}', a, kv_heads=0)
+  return c

@@ -1,0 +1,26 @@
+"""IMDB sentiment with multi-query attention: one key/value head per layer.
+
+Every query head uses the same key and value head (MQA, arXiv 1911.02150);
+it is GQA with one group. `share=kv` also shares that one K/V head across
+all layers, so the whole encoder has a single key and a single value head.
+
+Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
+  python -m jax_attnshare.main --config=configs/mqa.py --workdir=runs/mqa
+2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 500 steps; `groups=4`
+is the MHA reference at that size):
+  python -m jax_attnshare.main --config=configs/mqa.py:cpu
+  python -m jax_attnshare.main --config=configs/mqa.py:cpu,share=kv
+Args: `share=` components shared across layers, `cpu`, `tiny`, `seeds=N`.
+"""
+
+from jax_attnshare import config_utils
+
+
+def get_config(arg=None):
+  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, share='none')
+  c = config_utils.classifier_config(a.share, a)
+  if a.cpu:  # Four heads, so that GQA differs from both MHA and MQA.
+    c.model.num_heads = 4
+  c.sharing.kv_heads = 1
+  c.name = config_utils.variant_name('mqa', a, share='none')
+  return c
