@@ -8,7 +8,7 @@ Expected cost: 6.8e15 training matmul FLOPs over the 15 replicas (the
 count of experiments/seed_throughput.py). Not timed on a GPU here; at 10-30%
 of an A100's TF32 peak that is 2.5-7 minutes of training plus evaluation.
 
-2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 500 steps, test
+2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 400 steps, test
 subset of 5,000 reviews): the README gives its measured time and accuracy.
   python -m jax_attnshare.main --config=configs/albert.py:cpu
 Args: `cpu`, `tiny` (tests), `seeds=N`.

@@ -129,16 +129,16 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
     # Sized for 5 seeds in under 10 minutes on 2 cores: two 32-wide heads
     # (fewer, wider heads keep the attention's elementwise work small), no
     # dropout (as the blog's base code; the run is shorter than an epoch),
-    # and 500 steps of 32 reviews each.
+    # and 400 steps of 32 reviews each.
     c.num_seeds = 5
     c.model.update(width=64, num_heads=2, dropout_rate=0.0)
     c.data.update(vocab_size=4000, max_length=128, test_examples=5000,
                   tokenizer_train_examples=5000)
-    c.num_train_steps = 500
-    c.eval_every_steps = c.ckpt_every_steps = 250
+    c.num_train_steps = 400
+    c.eval_every_steps = c.ckpt_every_steps = 200
     c.log_every_steps = 50
     c.stats_examples = 64
-    c.opt.update(learning_rate=1e-3, warmup_steps=50, schedule='cosine')
+    c.opt.update(learning_rate=1e-3, warmup_steps=40, schedule='cosine')
   if a.tiny:
     c.num_seeds = 2
     c.batch_size = 4
