@@ -1,8 +1,9 @@
 """Training after post-hoc sharing: PostShare, SA fine-tuning and LISA.
 
 Each method is a loss of (params, batch) and a set of trainable leaves; one
-jitted AdamW step does the rest. The teacher is the unshared model, applied
-inside the step with its parameters held fixed.
+jitted Adam step (gradients clipped at global norm 1) does the rest. The
+teacher is the unshared model, applied inside the step with its parameters
+held fixed.
 
 The task term depends on the model: the classifier's cross-entropy on the
 labels, the LM's next-token loss, and for a sentence encoder (num_classes=0,
@@ -120,7 +121,7 @@ def finetune(params: Any, loss_fn: Callable, tokens_NT: np.ndarray,
              labels_N: np.ndarray | None, steps: int, batch_size: int,
              learning_rate: float, seed: int,
              trainable: Any = None) -> tuple[Any, list[dict]]:
-  """`steps` AdamW steps on random batches; frozen leaves never move.
+  """`steps` Adam steps on random batches; frozen leaves never move.
 
   Args:
     trainable: a tree of bools like `params` (None: everything trains).
