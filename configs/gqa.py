@@ -6,7 +6,7 @@ shares those K/V heads across all layers (sharing across layers and heads).
 
 Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/gqa.py --workdir=runs/gqa
-2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 500 steps; `groups=4`
+2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 400 steps; `groups=4`
 is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/gqa.py:cpu
 Args: `groups=G` (default 2; must divide the heads; 1 is MQA, see mqa.py),

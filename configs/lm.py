@@ -9,7 +9,7 @@ GQA were designed: their K/V cache per token is in summary.json 'cost'.
 Full size (6 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/lm.py --workdir=runs/lm
 2-core CPU size (5 seeds, 4 layers, width 64, 4 heads, 64-token windows,
-vocabulary 2,000, 500 steps):
+vocabulary 2,000, 400 steps):
   python -m jax_attnshare.main --config=configs/lm.py:cpu
   python -m jax_attnshare.main --config=configs/lm.py:cpu,kv_heads=2   # GQA
   python -m jax_attnshare.main --config=configs/lm.py:cpu,kv_heads=1   # MQA

@@ -6,7 +6,7 @@ all layers, so the whole encoder has a single key and a single value head.
 
 Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/mqa.py --workdir=runs/mqa
-2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 500 steps; `groups=4`
+2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 400 steps; `groups=4`
 is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/mqa.py:cpu
   python -m jax_attnshare.main --config=configs/mqa.py:cpu,share=kv

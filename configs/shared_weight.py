@@ -8,7 +8,7 @@ the same logit as j to i (before the padding mask and softmax).
 
 Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/shared_weight.py
-2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 500 steps):
+2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 400 steps):
   python -m jax_attnshare.main --config=configs/shared_weight.py:cpu
 Args: `share=` components shared across layers (`qkv` or none; q, k and v
 go together), `cpu`, `tiny`, `seeds=N`.
