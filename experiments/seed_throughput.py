@@ -23,7 +23,6 @@ import numpy as np
 
 from jax_attnshare import config_utils
 from jax_attnshare import cost
-from jax_attnshare import cost
 from jax_attnshare import model as model_lib
 from jax_attnshare import train
 
@@ -46,6 +45,48 @@ def matmul_peak_flops(n: int, repeats: int = 10) -> float:
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2 * n ** 3 / best
+
+
+def model_matmul_flops(mcfg, num_seeds: int, batch_size: int, length: int,
+                       repeats: int = 10) -> float:
+  """Best FLOP/s of one layer's matmuls alone, at the model's shapes.
+
+  The Q, K, V and output projections, Q·Kᵀ, A·V and the FFN of one layer,
+  forward and backward (gradients for the weights and the input), vmapped
+  over S seeds' weights, with nothing between them: the ceiling that the
+  matmuls of the S-seed training step can reach on this machine, whatever
+  its other ops cost.
+  """
+  b, t, d = batch_size, length, mcfg.width
+  h, k, f = mcfg.num_heads, mcfg.head_width, mcfg.ffn_width
+
+  def layer(weights, x_BTD):
+    wq, wk, wv, wo, w_in, w_out = weights
+    q, kk, v = (jnp.einsum('btd,dhk->bthk', x_BTD, w) for w in (wq, wk, wv))
+    a_BHTT = jnp.einsum('bqhk,bthk->bhqt', q, kk)
+    o_BTHK = jnp.einsum('bhqt,bthk->bqhk', a_BHTT, v)
+    y_BTD = jnp.einsum('bqhk,hkd->bqd', o_BTHK, wo)
+    return (y_BTD @ w_in) @ w_out
+
+  def loss(weights, x_BTD, r_BTD):
+    # A random cotangent, so no backward matmul is simplified away.
+    return (layer(weights, x_BTD) * r_BTD).sum()
+
+  keys = jax.random.split(jax.random.key(0), 8)
+  shapes = [(d, h, k)] * 3 + [(h, k, d), (d, f), (f, d)]
+  weights = [jax.random.normal(key, (num_seeds, *s)) / np.sqrt(s[0])
+             for key, s in zip(keys, shapes)]
+  x_BTD, r_BTD = (jax.random.normal(key, (b, t, d)) for key in keys[6:])
+  grad = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)),
+                          in_axes=(0, None, None)))
+  jax.block_until_ready(grad(weights, x_BTD, r_BTD))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(grad(weights, x_BTD, r_BTD))
+    best = min(best, time.perf_counter() - start)
+  forward = 2 * b * t * (4 * d * d + 2 * t * d + 2 * d * f)
+  return 3 * forward * num_seeds / best
 
 
 def _time_steps(run_one_step, num_steps: int) -> float:
@@ -99,22 +140,28 @@ def main(argv):
   del argv
   config = config_utils.load_config(_CONFIG.value)
   peak = matmul_peak_flops(_MATMUL.value)
+  mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
   rows = [measure(config, int(s), _STEPS.value) for s in _SEEDS.value]
   for row in rows:
     row['vmap_fraction_of_peak'] = row['vmap_flops_per_s'] / peak
+    row['matmul_ceiling_flops_per_s'] = model_matmul_flops(
+        mcfg, row['seeds'], config.batch_size, config.data.max_length)
   print(f'config {_CONFIG.value}; device {jax.devices()[0].device_kind}; '
         f'float32 matmul peak {peak / 1e9:.1f} GFLOP/s '
         f'({_MATMUL.value}x{_MATMUL.value}); '
         f'{rows[0]["flops_per_example"] / 1e6:.1f} MFLOP per training '
         'example')
+  print('matmul ceiling: the step\'s matmuls alone at the model\'s shapes, '
+        'the most the step could reach if nothing else cost time')
   print('| seeds | vmapped ex/s | sequential ex/s | speedup | vmapped GFLOP/s '
-        '| of peak |')
-  print('|---:|---:|---:|---:|---:|---:|')
+        '| of peak | matmul ceiling of peak |')
+  print('|---:|---:|---:|---:|---:|---:|---:|')
   for r in rows:
     print(f'| {r["seeds"]} | {r["vmap_examples_per_s"]:.0f} | '
           f'{r["sequential_examples_per_s"]:.0f} | {r["speedup"]:.2f}x | '
           f'{r["vmap_flops_per_s"] / 1e9:.1f} | '
-          f'{100 * r["vmap_fraction_of_peak"]:.0f}% |')
+          f'{100 * r["vmap_fraction_of_peak"]:.0f}% | '
+          f'{100 * r["matmul_ceiling_flops_per_s"] / peak:.0f}% |')
   print(json.dumps({'config': _CONFIG.value,
                     'device': jax.devices()[0].device_kind,
                     'matmul_peak_flops_per_s': peak, 'rows': rows}))
