@@ -19,7 +19,6 @@ classify=(
   "none no_share"
   "gqa2 gqa"
   "mqa mqa"
-  "gqa4 gqa groups=4"
   "mqa_kv mqa share=kv"
   "head_map_qk head_map"
   "shared_weight shared_weight"
@@ -28,7 +27,8 @@ classify=(
   "albert_all albert_grid variant=all"
   "albert_attention albert_grid variant=attention"
   "albert_ffn albert_grid variant=ffn"
-  "albert_none albert_grid variant=none")
+  "albert_none albert_grid variant=none"
+  "gqa4 gqa groups=4")
 lm=(
   "lm lm"
   "lm_gqa2 lm kv_heads=2"
