@@ -4,12 +4,14 @@
       [--seeds=1,5,15] [--steps=10]
 
 Trains on random full-length token batches (no data needed) with the model,
-optimizer and batch size of the config. For each S it times the vmapped
-S-seed step and the same S seeds stepped one after another with the same
-jitted code (the vmapped step at S=1), after a compile-and-warm-up step. It
-also measures the machine's float32 matmul peak with the same JAX, so the
-step's efficiency is a ratio of two measurements. Prints a table and one JSON
-line.
+optimizer and batch size of the config. For each S it times one jitted
+S-seed step with all seeds vmapped at once, the same step in the config's
+chunks of seeds (config.seed_chunk, see train.over_seeds; the step that main
+runs), and the same S seeds stepped one after another with the same jitted
+code (the step at S=1), each after a compile-and-warm-up step. It also
+measures the machine's float32 matmul peak with the same JAX, and the
+ceiling of the step's matmuls alone at the model's shapes, so the step's
+efficiency is a ratio of measurements. Prints a table and one JSON line.
 """
 
 import json
@@ -98,7 +100,7 @@ def _time_steps(run_one_step, num_steps: int) -> float:
 
 
 def measure(config, num_seeds: int, num_steps: int) -> dict:
-  """Examples/s of the vmapped S-seed step and of S sequential seeds."""
+  """Examples/s of S seeds: all vmapped, in the config's chunks, in turn."""
   mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
   model = model_lib.make_model(mcfg)
   optimizer = train.make_optimizer(config.opt, config.num_train_steps)
@@ -108,59 +110,70 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
                                   dtype=np.int32),
            'labels': rng.integers(0, 2, (batch_size,), dtype=np.int32)}
   seeds = list(range(num_seeds))
+  examples = num_seeds * batch_size * num_steps
 
-  steps = train.SeedSteps(model, optimizer, length, num_seeds, False)
-  state = [steps.init(train.seed_keys(seeds))]
-  device_batch = steps.put_batch(batch)
+  def seed_step(chunk: int) -> float:
+    steps = train.SeedSteps(model, optimizer, length, num_seeds, False, chunk)
+    state = [steps.init(train.seed_keys(seeds))]
+    device_batch = steps.put_batch(batch)
 
-  def vmapped():
-    state[0], m = steps.train(state[0], device_batch)
-    m['loss'].block_until_ready()
+    def one_step():
+      state[0], m = steps.train(state[0], device_batch)
+      m['loss'].block_until_ready()
 
-  t_vmap = _time_steps(vmapped, num_steps)
+    return examples / _time_steps(one_step, num_steps)
+
   one = train.SeedSteps(model, optimizer, length, 1, False)
   states = [one.init(train.seed_keys([s])) for s in seeds]
+  device_batch = one.put_batch(batch)
 
   def sequential():
     for i, s in enumerate(states):
       states[i], m = one.train(s, device_batch)
     m['loss'].block_until_ready()
 
-  t_seq = _time_steps(sequential, num_steps)
-  examples = num_seeds * batch_size * num_steps
+  chunk = config.seed_chunk
+  row = {'seeds': num_seeds, 'seed_chunk': chunk,
+         'vmap_examples_per_s': seed_step(0),
+         'sequential_examples_per_s': examples / _time_steps(sequential,
+                                                             num_steps)}
+  # The step main runs: all seeds vmapped, or the config's chunks of them.
+  row['step_examples_per_s'] = (seed_step(chunk) if chunk
+                                else row['vmap_examples_per_s'])
   flops = cost.train_flops_per_example(mcfg, length)
-  return {'seeds': num_seeds, 'vmap_examples_per_s': examples / t_vmap,
-          'sequential_examples_per_s': examples / t_seq,
-          'speedup': t_seq / t_vmap,
-          'vmap_flops_per_s': examples / t_vmap * flops,
-          'flops_per_example': flops}
+  row.update(flops_per_example=flops,
+             speedup=(row['step_examples_per_s']
+                      / row['sequential_examples_per_s']),
+             step_flops_per_s=row['step_examples_per_s'] * flops,
+             matmul_ceiling_flops_per_s=model_matmul_flops(
+                 mcfg, min(chunk or num_seeds, num_seeds), batch_size,
+                 length))
+  return row
 
 
 def main(argv):
   del argv
   config = config_utils.load_config(_CONFIG.value)
   peak = matmul_peak_flops(_MATMUL.value)
-  mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
   rows = [measure(config, int(s), _STEPS.value) for s in _SEEDS.value]
-  for row in rows:
-    row['vmap_fraction_of_peak'] = row['vmap_flops_per_s'] / peak
-    row['matmul_ceiling_flops_per_s'] = model_matmul_flops(
-        mcfg, row['seeds'], config.batch_size, config.data.max_length)
+  chunk = config.seed_chunk
+  step = f'chunks of {chunk}' if chunk else 'all vmapped'
   print(f'config {_CONFIG.value}; device {jax.devices()[0].device_kind}; '
         f'float32 matmul peak {peak / 1e9:.1f} GFLOP/s '
         f'({_MATMUL.value}x{_MATMUL.value}); '
         f'{rows[0]["flops_per_example"] / 1e6:.1f} MFLOP per training '
-        'example')
+        f'example; the config\'s step: {step} (config.seed_chunk={chunk})')
   print('matmul ceiling: the step\'s matmuls alone at the model\'s shapes, '
         'the most the step could reach if nothing else cost time')
-  print('| seeds | vmapped ex/s | sequential ex/s | speedup | vmapped GFLOP/s '
-        '| of peak | matmul ceiling of peak |')
-  print('|---:|---:|---:|---:|---:|---:|---:|')
+  print(f'| seeds | all vmapped ex/s | {step} ex/s | sequential ex/s | '
+        'step vs sequential | step GFLOP/s | of peak | matmul ceiling |')
+  print('|---:|---:|---:|---:|---:|---:|---:|---:|')
   for r in rows:
     print(f'| {r["seeds"]} | {r["vmap_examples_per_s"]:.0f} | '
+          f'{r["step_examples_per_s"]:.0f} | '
           f'{r["sequential_examples_per_s"]:.0f} | {r["speedup"]:.2f}x | '
-          f'{r["vmap_flops_per_s"] / 1e9:.1f} | '
-          f'{100 * r["vmap_fraction_of_peak"]:.0f}% | '
+          f'{r["step_flops_per_s"] / 1e9:.1f} | '
+          f'{100 * r["step_flops_per_s"] / peak:.0f}% | '
           f'{100 * r["matmul_ceiling_flops_per_s"] / peak:.0f}% |')
   print(json.dumps({'config': _CONFIG.value,
                     'device': jax.devices()[0].device_kind,

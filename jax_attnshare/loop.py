@@ -96,13 +96,16 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   os.makedirs(workdir, exist_ok=True)
   results.check_workdir(workdir, cfg)
   optimizer = train.make_optimizer(config.opt, config.num_train_steps)
+  model = model_lib.make_model(mcfg)
+  per_seed = config.data.seed_mode == 'per_seed'
+  steps = train.SeedSteps(model, optimizer, config.data.max_length,
+                          config.num_seeds, per_seed, config.seed_chunk)
 
   kwargs = {'read_texts': read_texts} if read_texts else {}
   dataset = data.load_text_dataset(config.data, workdir, **kwargs)
   results.write_config(workdir, cfg, {
       'config_name': config_name, 'seeds': seeds, 'sharing': spec,
       'versions': _versions(), 'devices': [str(d) for d in jax.devices()]})
-  per_seed = config.data.seed_mode == 'per_seed'
   batches = data.TrainBatches(dataset.train, config.batch_size,
                               config.data.data_seed,
                               seeds if per_seed else None)
@@ -113,11 +116,8 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   heatmap_tokens = dataset.test.tokens[config.heatmap_example]
   heatmap_pieces = data.pieces(dataset.tokenizer, heatmap_tokens)
 
-  model = model_lib.make_model(mcfg)
   params_count = cost.param_counts(mcfg)
   cost_summary = cost.summary(mcfg)
-  steps = train.SeedSteps(model, optimizer, config.data.max_length,
-                          config.num_seeds, per_seed)
   keys = train.seed_keys(seeds)
   ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
   history, diverged, wall_before = [], {}, 0.0

@@ -20,7 +20,7 @@ FORMAT = 1
 # Fields that do not change what is trained or measured.
 OPERATIONAL_FIELDS = ('log_every_steps', 'eval_every_steps',
                       'ckpt_every_steps', 'max_to_keep', 'eval_batch_size',
-                      'stats_batch_size', 'halt_on_nonfinite')
+                      'stats_batch_size', 'halt_on_nonfinite', 'seed_chunk')
 DATA_LOCATION_FIELDS = ('data_dir', 'allow_download')
 
 

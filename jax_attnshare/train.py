@@ -3,7 +3,10 @@
 `init_state`, `train_step`, `eval_step`, `stats_step` and `maps_step` see one
 replica. `SeedSteps` jits their `jax.vmap` over a leading seed axis once, and
 shards that axis over the devices when there are several, so replica i
-depends on seed i alone and equals a single-seed run.
+depends on seed i alone and equals a single-seed run. On one device the
+seeds can instead be vmapped in chunks that the jitted step maps over
+(`seed_chunk`): the same replicas, with one chunk's activations in memory at
+a time.
 """
 
 from __future__ import annotations
@@ -144,13 +147,47 @@ def stats_step(params: Any, tokens_BT: jax.Array, model: nn.Module) -> dict:
                                     tokens_BT != model.config.pad_id)
 
 
+def over_seeds(fn: Callable, per_seed: tuple[bool, ...],
+               chunk: int) -> Callable:
+  """fn over a leading seed axis of the arguments marked per-seed.
+
+  chunk 0: one jax.vmap over all seeds. chunk c: jax.lax.map over groups of
+  c seeds, each group vmapped, inside the same function, so only one group's
+  activations exist at a time. On a CPU, S replicas' attention maps overflow
+  the caches and one vmap over all of them is slower than seeds in turn.
+  """
+  if not chunk:
+    return jax.vmap(fn, in_axes=tuple(0 if p else None for p in per_seed))
+
+  def mapped(*args):
+    def one(seeded):
+      it = iter(seeded)
+      return fn(*(next(it) if p else a for a, p in zip(args, per_seed)))
+    return jax.lax.map(one, [a for a, p in zip(args, per_seed) if p],
+                       batch_size=chunk)
+  return mapped
+
+
 class SeedSteps:
-  """The vmapped, jitted steps over S replicas, sharded over devices."""
+  """The seed-mapped, jitted steps over S replicas, sharded over devices.
+
+  seed_chunk 0 vmaps all S replicas at once (sharded over the devices when
+  there are several); seed_chunk c vmaps c at a time inside each step
+  (over_seeds), on one device.
+  """
 
   def __init__(self, model: nn.Module, optimizer, length: int,
-               num_seeds: int, per_seed_batches: bool):
+               num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0):
     devices = jax.devices()
     shard = len(devices) > 1 and num_seeds % len(devices) == 0
+    if seed_chunk < 0:
+      raise ValueError(f'config.seed_chunk must be >= 0 (0 = all seeds in '
+                       f'one vmap), got {seed_chunk}.')
+    if shard and seed_chunk:
+      raise ValueError(
+          f'config.seed_chunk={seed_chunk} runs the seeds in chunks on one '
+          f'device, but the {num_seeds} seeds are sharded over '
+          f'{len(devices)} devices: set config.seed_chunk=0.')
     # Auto axes: XLA propagates the seed sharding through the vmapped steps.
     mesh = jax.make_mesh((len(devices) if shard else 1,), ('seed',),
                          devices=devices if shard else devices[:1],
@@ -162,20 +199,21 @@ class SeedSteps:
     self.causal = model.config.causal
     self.batch_sharding = (self.seed_sharding if per_seed_batches
                            else self.replicated)
+
+    def seeded(fn, per_seed_batch=False):
+      return over_seeds(fn, (True, per_seed_batch), seed_chunk)
+
     init = functools.partial(init_state, model=model, optimizer=optimizer,
                              length=length)
-    self.init = jax.jit(jax.vmap(init), out_shardings=self.seed_sharding)
+    self.init = jax.jit(over_seeds(init, (True,), seed_chunk),
+                        out_shardings=self.seed_sharding)
     self.train = jax.jit(
-        jax.vmap(functools.partial(train_step,
-                                   losses=objective(model.config)),
-                 in_axes=(0, 0 if per_seed_batches else None)),
+        seeded(functools.partial(train_step, losses=objective(model.config)),
+               per_seed_batches),
         donate_argnums=0)
-    self.eval = jax.jit(jax.vmap(
-        functools.partial(eval_step, model=model), in_axes=(0, None)))
-    self.stats = jax.jit(jax.vmap(
-        functools.partial(stats_step, model=model), in_axes=(0, None)))
-    self.maps = jax.jit(jax.vmap(
-        functools.partial(maps_step, model=model), in_axes=(0, None)))
+    self.eval = jax.jit(seeded(functools.partial(eval_step, model=model)))
+    self.stats = jax.jit(seeded(functools.partial(stats_step, model=model)))
+    self.maps = jax.jit(seeded(functools.partial(maps_step, model=model)))
 
   def put_batch(self, batch: dict) -> dict:
     return jax.device_put(batch, self.batch_sharding)

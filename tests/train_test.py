@@ -44,10 +44,13 @@ def _batch(rng, shape):
           'labels': rng.integers(0, 2, size=shape).astype(np.int32)}
 
 
-@pytest.mark.parametrize('per_seed', [False, True])
-def test_replica_equals_single_seed_run(per_seed):
+# seed_chunk 0: one vmap over the 3 seeds; 2: chunks of 2 and 1 in turn.
+@pytest.mark.parametrize('per_seed,seed_chunk',
+                         [(False, 0), (True, 0), (False, 2), (True, 2)])
+def test_replica_equals_single_seed_run(per_seed, seed_chunk):
   model, optimizer = _model(), train.make_optimizer(_opt(), 10)
-  steps = train.SeedSteps(model, optimizer, T, S, per_seed_batches=per_seed)
+  steps = train.SeedSteps(model, optimizer, T, S, per_seed_batches=per_seed,
+                          seed_chunk=seed_chunk)
   rng = np.random.default_rng(0)
   batches = [_batch(rng, (S, B) if per_seed else (B,)) for _ in range(3)]
   state = steps.init(train.seed_keys(SEEDS))
@@ -65,6 +68,28 @@ def test_replica_equals_single_seed_run(per_seed):
     for got, want in zip(jax.tree.leaves(state.params),
                          jax.tree.leaves(single.params)):
       np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_seed_chunks_give_the_vmapped_eval_and_statistics():
+  model, optimizer = _model(), train.make_optimizer(_opt(), 10)
+  vmapped, chunked = (train.SeedSteps(model, optimizer, T, S, False, chunk)
+                      for chunk in (0, 2))
+  params = vmapped.init(train.seed_keys(SEEDS)).params
+  tokens = _batch(np.random.default_rng(1), (B,))['tokens']
+  batch = {'tokens': tokens, 'labels': np.ones(B, np.int32),
+           'weights': np.ones(B, np.float32)}
+  for name in ('eval', 'stats', 'maps'):
+    args = (params, batch if name == 'eval' else tokens)
+    for got, want in zip(jax.tree.leaves(getattr(chunked, name)(*args)),
+                         jax.tree.leaves(getattr(vmapped, name)(*args))):
+      assert got.shape[0] == S
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_negative_seed_chunk_names_the_field():
+  with pytest.raises(ValueError, match='config.seed_chunk'):
+    train.SeedSteps(_model(), train.make_optimizer(_opt(), 10), T, S, False,
+                    seed_chunk=-1)
 
 
 def test_seed_keys_are_the_single_seed_keys_and_differ():
@@ -136,6 +161,12 @@ single, _ = jax.jit(train.train_step)(single, batch)
 np.testing.assert_allclose(
     kernel[3], single.params["encoder"]["shared_key_g0"]["kernel"],
     rtol=1e-5, atol=1e-6)
+try:  # Chunks of seeds run on one device; here the seeds are sharded.
+  train.SeedSteps(model, opt, 8, 4, per_seed_batches=False, seed_chunk=1)
+except ValueError as e:
+  assert "config.seed_chunk=0" in str(e), e
+else:
+  raise AssertionError("seed_chunk with sharded seeds did not raise")
 print("sharded ok")
 '''
 
