@@ -169,7 +169,7 @@ def main(argv):
         f'{together} seed(s) vmapped: {ceiling / 1e9:.1f} GFLOP/s = '
         f'{100 * ceiling / peak:.0f}% of peak, the most the step could reach '
         'if nothing else cost time')
-  print(f'| seeds | all vmapped ex/s | {step} ex/s | sequential ex/s | '
+  print(f'| seeds | all vmapped ex/s | step ({step}) ex/s | sequential ex/s | '
         'step vs sequential | step GFLOP/s | of peak |')
   print('|---:|---:|---:|---:|---:|---:|---:|')
   for r in rows:
