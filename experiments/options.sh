@@ -7,33 +7,35 @@
 #
 # Classifier options train into OUT/classify/<option> beside the unshared
 # baseline OUT/classify/none; causal-LM options into OUT/lm/<option>.
-# Rerunning resumes or skips finished runs. Compare the classifiers with
+# Rerunning resumes or skips finished runs. Tabulate quality beside cost with
+#   python experiments/options_table.py OUT
+# and test the classifiers against the baseline with
 #   python -m jax_attnshare.analyze --runs OUT/classify --out OUT/classify_report
 # (GQA and MQA use 4 heads at the CPU size: their own MHA reference is gqa4).
 set -euo pipefail
 arg=${1:-cpu}
 out=${2:-runs/options}
 
-# workdir name -> config file and its extra args.
-classify=(
-  "none no_share"
-  "gqa2 gqa"
-  "mqa mqa"
-  "mqa_kv mqa share=kv"
-  "head_map_qk head_map"
-  "shared_weight shared_weight"
-  "shared_attention shared_attention"
-  "cla2 cla"
-  "albert_all albert_grid variant=all"
-  "albert_attention albert_grid variant=attention"
-  "albert_ffn albert_grid variant=ffn"
-  "albert_none albert_grid variant=none"
-  "gqa4 gqa groups=4")
-lm=(
-  "lm lm"
-  "lm_gqa2 lm kv_heads=2"
-  "lm_sa lm sa=2-3"
-  "lm_cla2 lm cla=2")
+# task, workdir name, config file, extra config args; the most informative
+# first, so an interrupted sweep has covered every kind of option.
+runs=(
+  "classify none no_share"
+  "classify gqa2 gqa"
+  "classify mqa mqa"
+  "classify shared_weight shared_weight"
+  "classify shared_attention shared_attention"
+  "classify cla2 cla"
+  "classify head_map_qk head_map"
+  "classify mqa_kv mqa share=kv"
+  "classify albert_all albert_grid variant=all"
+  "lm lm lm"
+  "classify albert_attention albert_grid variant=attention"
+  "classify albert_ffn albert_grid variant=ffn"
+  "classify albert_none albert_grid variant=none"
+  "lm lm_gqa2 lm kv_heads=2"
+  "lm lm_sa lm sa=2-3"
+  "lm lm_cla2 lm cla=2"
+  "classify gqa4 gqa groups=4")
 
 train() {  # task, workdir name, config, extra config args
   local args=$arg${arg:+${4:+,}}${4:-}
@@ -41,6 +43,6 @@ train() {  # task, workdir name, config, extra config args
     --workdir="$out/$1/$2"
 }
 
-for row in "${classify[@]}"; do train classify $row; done
-for row in "${lm[@]}"; do train lm $row; done
+for row in "${runs[@]}"; do train $row; done
+echo "Tabulate with: python experiments/options_table.py $out"
 echo "Analyse with: python -m jax_attnshare.analyze --runs $out/classify --out $out/classify_report"
