@@ -5,7 +5,7 @@
 Reads every OUT/<task>/<option>/summary.json and prints one markdown row per
 run: its config, sharing, parameters (total, attention), the test metric as
 mean ± sd over seeds (accuracy for classifiers, perplexity for the causal
-LM), attention FLOPs and K/V cache per token, and the run's wall time.
+LM), attention FLOPs and K/V cache per token.
 Unfinished runs are listed as such; diverged replicas are left out of the
 mean and counted. Imports no JAX.
 """
@@ -37,8 +37,7 @@ def row(task: str, path: pathlib.Path) -> str:
   return (f'| {path.name} | `{summary["config_name"]}` | {summary["sharing"]} '
           f'| {params["total"]:,} | {params["attention"]:,} | {quality} | '
           f'{cost["attention_flops_per_token"]:,} | '
-          f'{"—" if cache is None else f"{cache:,}"} | '
-          f'{summary["wall_time_s"] / 60:.1f} min |')
+          f'{"—" if cache is None else f"{cache:,}"} |')
 
 
 def main(out: str) -> None:
@@ -49,8 +48,8 @@ def main(out: str) -> None:
       continue
     print(f'\n{task}: test {name}, mean ± sd over seeds\n')
     print(f'| run | config | sharing | params | attention params | {name} | '
-          'attention FLOPs/token | K/V cache/token | wall time |')
-    print('|---|---|---|---:|---:|---:|---:|---:|---:|')
+          'attention FLOPs/token | K/V cache/token |')
+    print('|---|---|---|---:|---:|---:|---:|---:|')
     for path in runs:
       print(row(task, path))
 
