@@ -10,6 +10,7 @@ import pandas as pd
 
 from jax_attnshare import analysis
 from jax_attnshare import figures
+from jax_attnshare import results
 from jax_attnshare import runs as runs_lib
 
 _METHODS = """\
@@ -98,8 +99,12 @@ def _configuration(included: Sequence[runs_lib.Run]) -> list[str]:
     for k in sorted(set(base) | set(cfg)):
       if k != 'name' and not k.startswith('sharing') and (
           base.get(k) != cfg.get(k)):
+        operational = (k in results.OPERATIONAL_FIELDS or k in [
+            f'data.{f}' for f in results.DATA_LOCATION_FIELDS])
         diffs.append(f'- `{run.condition}`: `{k}` = `{json.dumps(cfg.get(k))}`'
-                     f' (baseline `{json.dumps(base.get(k))}`)')
+                     f' (baseline `{json.dumps(base.get(k))}`)'
+                     + (': operational, the same training' if operational
+                        else ''))
   return lines + ['', 'Other differences from the baseline config '
                   '(besides name and sharing):', ''] + (diffs or ['- none'])
 
