@@ -36,18 +36,22 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'n of the n x n matmul.')
 
 
+def _best_seconds(fn, *args, repeats: int) -> float:
+  """Fastest of `repeats` calls of jitted fn, after a compile-and-warm-up."""
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
 def matmul_peak_flops(n: int, repeats: int = 10) -> float:
   """Best float32 FLOP/s of an n x n matmul, jitted."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  matmul = jax.jit(jnp.dot)
-  matmul(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best
+  return 2 * n ** 3 / _best_seconds(jax.jit(jnp.dot), a, b, repeats=repeats)
 
 
 def model_matmul_flops(mcfg, num_seeds: int, batch_size: int, length: int,
@@ -82,14 +86,9 @@ def model_matmul_flops(mcfg, num_seeds: int, batch_size: int, length: int,
   x_BTD, r_BTD = (jax.random.normal(key, (b, t, d)) for key in keys[6:])
   grad = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)),
                           in_axes=(0, None, None)))
-  jax.block_until_ready(grad(weights, x_BTD, r_BTD))
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(grad(weights, x_BTD, r_BTD))
-    best = min(best, time.perf_counter() - start)
   forward = 2 * b * t * (4 * d * d + 2 * t * d + 2 * d * f)
-  return 3 * forward * num_seeds / best
+  return 3 * forward * num_seeds / _best_seconds(
+      grad, weights, x_BTD, r_BTD, repeats=repeats)
 
 
 def _time_steps(run_one_step, num_steps: int) -> float:
