@@ -5,8 +5,12 @@ import dataclasses
 import io
 import os
 import re
+import shutil
+import socket
 import tempfile
+import threading
 import time
+import urllib.parse
 from typing import Any
 
 from absl import logging
@@ -53,26 +57,79 @@ def _missing_message(name: str, data_dir: str, variant_dir: str) -> str:
       f'{os.path.relpath(variant_dir, data_dir)}.')
 
 
+def _network_reachable(url: str, timeout_s: float = 5.0) -> bool:
+  """Whether a TCP connection to url's host opens within timeout_s.
+
+  Run in a thread because name resolution ignores socket timeouts.
+  """
+  parsed = urllib.parse.urlparse(url)
+  port = parsed.port or (443 if parsed.scheme == 'https' else 80)
+  result = []
+
+  def connect():
+    try:
+      socket.create_connection((parsed.hostname, port), timeout_s).close()
+      result.append(True)
+    except OSError:
+      pass
+
+  thread = threading.Thread(target=connect, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  return bool(result)
+
+
+def _entries(folder: str) -> set[str] | None:
+  """The names in folder; None if it does not exist."""
+  return set(os.listdir(folder)) if os.path.isdir(folder) else None
+
+
+def _remove_new_entries(folder: str, before: set[str] | None) -> None:
+  """Removes what appeared in folder since `before` (all of it if new)."""
+  if not os.path.isdir(folder):
+    return
+  if before is None:
+    shutil.rmtree(folder, ignore_errors=True)
+    return
+  for name in set(os.listdir(folder)) - before:
+    path = os.path.join(folder, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)
+
+
 def read_tfds_texts(
     name: str, split: str, data_dir: str | None, allow_download: bool = True
 ) -> tuple[list[str], np.ndarray]:
   """Reads all (text, label) pairs of a supervised TFDS text split."""
   data_dir = _resolve_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
-  # Checked before any download so an offline machine fails in a second
+  # Checked before any download so an offline machine fails in seconds
   # instead of retrying the network for minutes.
   if not builder.is_prepared():
     message = _missing_message(name, data_dir, os.fspath(builder.data_path))
     if not allow_download:
       raise DataMissingError(
           message + ' (config.data.allow_download is False.)')
+    homepage = builder.info.homepage
+    if not _network_reachable(homepage):
+      raise DataMissingError(
+          f'{message} No download was tried: {homepage} is not reachable '
+          'from this machine.')
     logging.info('Downloading %s into %s (set config.data.allow_download='
                  'False to fail fast offline).', name, data_dir)
+    before = _entries(data_dir)
+    downloads = os.path.join(data_dir, 'downloads')
+    downloads_before = _entries(downloads)
     try:
       builder.download_and_prepare()
     # requests' ConnectionError is an OSError; tfds imports some download
     # helpers lazily, so a missing optional dependency surfaces here.
     except (OSError, ImportError) as e:
+      # Partial downloads would only mislead the next attempt.
+      _remove_new_entries(downloads, downloads_before)
+      _remove_new_entries(data_dir, before)
       raise DataMissingError(f'{message} Download failed: {e!r}') from e
   dataset = builder.as_dataset(split=split, as_supervised=True)
   texts, labels = [], []
@@ -81,6 +138,29 @@ def read_tfds_texts(
     labels.append(label_batch)
   labels = np.concatenate(labels) if labels else np.zeros([0])
   return texts, labels.astype(np.int32)
+
+
+# SentencePiece's errors when vocab_size does not suit the texts: too small
+# for their characters, or more pieces than the texts can give.
+_VOCAB_SIZE_ERROR_RE = re.compile(r'Vocabulary size (is smaller|too high).*')
+
+
+def _train_sentencepiece(train_texts: Sequence[str], vocab_size: int,
+                         model: io.BytesIO) -> None:
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(train_texts),
+      model_writer=model,
+      model_type='unigram',
+      vocab_size=vocab_size,
+      normalization_rule_name='nmt_nfkc_cf',
+      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+      character_coverage=1.0,
+      # By default spm silently skips texts over 4192 bytes (~3% of IMDB).
+      max_sentence_length=max(
+          [4192] + [len(t.encode('utf-8')) for t in train_texts]),
+      num_threads=os.cpu_count() or 1,
+      train_extremely_large_corpus=False,
+      minloglevel=2)
 
 
 def load_or_train_tokenizer(
@@ -100,20 +180,16 @@ def load_or_train_tokenizer(
   train_texts = list(texts[:max_train_texts])
   model = io.BytesIO()
   start = time.time()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(train_texts),
-      model_writer=model,
-      model_type='unigram',
-      vocab_size=vocab_size,
-      normalization_rule_name='nmt_nfkc_cf',
-      pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
-      character_coverage=1.0,
-      # By default spm silently skips texts over 4192 bytes (~3% of IMDB).
-      max_sentence_length=max(
-          [4192] + [len(t.encode('utf-8')) for t in train_texts]),
-      num_threads=os.cpu_count() or 1,
-      train_extremely_large_corpus=False,
-      minloglevel=2)
+  try:
+    _train_sentencepiece(train_texts, vocab_size, model)
+  except RuntimeError as e:
+    reason = _VOCAB_SIZE_ERROR_RE.search(str(e))
+    if not reason:
+      raise
+    raise ValueError(
+        f'config.data.vocab_size={vocab_size} does not suit the '
+        f'{len(train_texts)} tokenizer training texts (SentencePiece: '
+        f'{reason.group(0)}). Change config.data.vocab_size.') from None
   logging.info('Trained tokenizer (vocab %d) on %d texts in %.1fs',
                vocab_size, len(train_texts), time.time() - start)
   # Written atomically so a crash never leaves a truncated model behind.
@@ -166,7 +242,7 @@ class TextDataset:
   vocab_size: int
 
 
-def _check_fields(config: Any) -> None:
+def check_fields(config: Any) -> None:
   """Raises ValueError naming the first invalid config.data field."""
   checks = [('vocab_size', 3), ('max_length', 2), ('train_examples', 0),
             ('test_examples', 0), ('data_seed', 0),
@@ -190,13 +266,35 @@ def _subset_index(split_size: int, size: int, field: str,
       split_size, size, replace=False))
 
 
-def load_text_dataset(
-    data_config: Any, workdir: str,
+@dataclasses.dataclass(frozen=True, eq=False)
+class SplitTexts:
+  """One split's cleaned texts and labels, after the configured subset."""
+  texts: list[str]
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DatasetTexts:
+  """The texts of both splits, read but not yet tokenized.
+
+  tokenizer_texts are the full train split's first texts, so the tokenizer
+  does not depend on train_examples and a workdir's tokenizer stays valid.
+  """
+  train: SplitTexts
+  test: SplitTexts
+  tokenizer_texts: list[str]
+
+
+def read_dataset(
+    data_config: Any,
     read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts
-) -> TextDataset:
-  """Reads, subsets and tokenizes the train and test splits."""
-  _check_fields(data_config)
-  splits = {}
+) -> DatasetTexts:
+  """Reads and subsets the train and test splits; writes nothing."""
+  check_fields(data_config)
+  splits, tokenizer_texts = {}, []
   for split_id, split in enumerate(['train', 'test']):
     start = time.time()
     texts, labels = read_texts(data_config.dataset, split,
@@ -209,22 +307,39 @@ def load_text_dataset(
     index = _subset_index(len(texts), getattr(data_config, field), field,
                           [data_config.data_seed, _SUBSET_STREAM, split_id])
     if split == 'train':
-      # The full train split's first texts, so the tokenizer does not depend
-      # on train_examples and a workdir's tokenizer stays valid.
-      tokenizer = load_or_train_tokenizer(
-          texts, data_config.vocab_size,
-          os.path.join(workdir, 'tokenizer', 'spm.model'),
-          data_config.tokenizer_train_examples)
+      tokenizer_texts = texts[:data_config.tokenizer_train_examples]
+    splits[split] = SplitTexts([texts[i] for i in index],
+                               np.asarray(labels, np.int32)[index])
+  return DatasetTexts(splits['train'], splits['test'], tokenizer_texts)
+
+
+def tokenize_dataset(texts: DatasetTexts, data_config: Any,
+                     workdir: str) -> TextDataset:
+  """Encodes both splits with the workdir's tokenizer, training it if new."""
+  tokenizer = load_or_train_tokenizer(
+      texts.tokenizer_texts, data_config.vocab_size,
+      os.path.join(workdir, 'tokenizer', 'spm.model'),
+      data_config.tokenizer_train_examples)
+  splits = {}
+  for split, split_texts in (('train', texts.train), ('test', texts.test)):
     start = time.time()
-    tokens = encode(tokenizer, [texts[i] for i in index],
-                    data_config.max_length)
-    splits[split] = Split(tokens, np.asarray(labels, np.int32)[index])
+    tokens = encode(tokenizer, split_texts.texts, data_config.max_length)
+    splits[split] = Split(tokens, split_texts.labels)
     logging.info('Encoded %d %s texts in %.1fs; %.1f%% fill max_length %d',
-                 len(index), split, time.time() - start,
+                 len(tokens), split, time.time() - start,
                  100 * np.mean(tokens[:, -1] != PAD_ID),
                  data_config.max_length)
   return TextDataset(splits['train'], splits['test'], tokenizer,
                      data_config.vocab_size)
+
+
+def load_text_dataset(
+    data_config: Any, workdir: str,
+    read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts
+) -> TextDataset:
+  """Reads, subsets and tokenizes the train and test splits."""
+  return tokenize_dataset(read_dataset(data_config, read_texts), data_config,
+                          workdir)
 
 
 class TrainBatches:

@@ -197,14 +197,56 @@ def test_missing_dataset_fails_fast_naming_the_dir(tmp_path):
   assert 'TFDS_DATA_DIR' in str(error.value)
 
 
+def test_offline_download_fails_at_once_and_leaves_nothing(tmp_path,
+                                                           monkeypatch):
+  monkeypatch.setattr(data, '_network_reachable', lambda url: False)
+  data_dir = tmp_path / 'tfds'
+  with pytest.raises(data.DataMissingError, match='No download was tried'):
+    data.read_tfds_texts('imdb_reviews', 'train', str(data_dir))
+  assert not data_dir.exists()
+
+
+def test_failed_download_removes_only_what_it_added(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, '_network_reachable', lambda url: True)
+  data_dir = tmp_path / 'tfds'
+  (data_dir / 'downloads').mkdir(parents=True)
+  (data_dir / 'downloads' / 'earlier.tar').write_text('kept')
+  (data_dir / 'other_dataset').mkdir()
+
+  def fail(self, *args, **kwargs):
+    del self, args, kwargs
+    (data_dir / 'downloads' / 'imdb.tmp.123').write_text('partial')
+    (data_dir / 'imdb_reviews' / 'incomplete').mkdir(parents=True)
+    raise OSError('network down')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', fail)
+  with pytest.raises(data.DataMissingError, match='network down'):
+    data.read_tfds_texts('imdb_reviews', 'train', str(data_dir))
+  assert sorted(os.listdir(data_dir)) == ['downloads', 'other_dataset']
+  assert os.listdir(data_dir / 'downloads') == ['earlier.tar']
+
+
+def test_network_probe_of_a_closed_port_is_false():
+  assert not data._network_reachable('http://127.0.0.1:9/', timeout_s=2.0)
+
+
+def test_vocab_size_that_does_not_suit_the_texts_names_the_field(tmp_path):
+  with pytest.raises(ValueError, match='config.data.vocab_size=8 does not'):
+    data.load_or_train_tokenizer(['héllo wörld ßq', 'xyz 0123456789'] * 5, 8,
+                                 str(tmp_path / 'spm.model'), 100)
+  assert not (tmp_path / 'spm.model').exists()
+
+
 def test_missing_dataset_honours_tfds_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
   with pytest.raises(data.DataMissingError, match=str(tmp_path)):
     data.read_tfds_texts('imdb_reviews', 'test', None, allow_download=False)
 
 
-def test_read_tfds_texts_under_mock_data():
-  # The mock replaces download_and_prepare by a no-op and serves fake data.
+def test_read_tfds_texts_under_mock_data(monkeypatch):
+  # The mock replaces download_and_prepare by a no-op and serves fake data;
+  # the network probe before it would find no network here.
+  monkeypatch.setattr(data, '_network_reachable', lambda url: True)
   with tfds.testing.mock_data(num_examples=5,
                               policy=tfds.testing.MockPolicy.USE_CODE):
     texts, labels = data.read_tfds_texts('imdb_reviews', 'train', None)
