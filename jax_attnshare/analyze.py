@@ -11,7 +11,7 @@ excluded and which problems are errors.
 """
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import pathlib
 import re
 import sys
@@ -32,8 +32,16 @@ def _file_name(condition: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '_', condition)
 
 
+def _few_evaluations(
+    included: Sequence[runs_lib.Run]) -> dict[str, list[int]]:
+  """{condition: its evaluation steps} for those evaluated fewer than twice."""
+  steps = {r.condition: [e['step'] for e in r.summary.get('history', [])]
+           for r in included}
+  return {c: s for c, s in steps.items() if len(s) < 2}
+
+
 def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
-             included: Sequence[runs_lib.Run],
+             included: Sequence[runs_lib.Run], few: Mapping[str, list[int]],
              out_dir: pathlib.Path) -> list[tuple[str, str]]:
   """Draws every figure the data allows; returns (caption, file name)."""
   conditions = [r.condition for r in included]
@@ -42,7 +50,9 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
   out = []
   if figures.accuracy_curves(tidy, conditions,
                              out_dir / 'accuracy_curves.png'):
-    out.append(('Test accuracy during training', 'accuracy_curves.png'))
+    out.append(('Test accuracy at the only evaluation'
+                if len(few) == len(included) else
+                'Test accuracy during training', 'accuracy_curves.png'))
   panels = [m for m in metrics if m in _BOX_METRICS]
   if panels:
     figures.box_panels(final, conditions, panels, thresholds,
@@ -67,9 +77,12 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
     if maps is None:
       continue
     name = f'attention_{_file_name(run.condition)}.png'
-    title = (f'{run.condition}: attention on the fixed test review (label '
-             f'{maps["label"]}), seed {run.summary["seeds"][0]}, step '
-             f'{maps["step"]}')
+    # A run without config.json is taken for a classifier of unknown data.
+    review = figures.review_title(
+        maps['label'], run.config.get('task', 'classify'),
+        run.config.get('data', {}).get('dataset'))
+    title = (f'{run.condition}: attention on the fixed {review}, seed '
+             f'{run.summary["seeds"][0]}, step {maps["step"]}')
     figures.attention_heatmaps(maps['probs'][0], maps['pieces'], title,
                                out_dir / name)
     out.append((f'Attention maps, {run.condition}', name))
@@ -100,11 +113,19 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
       out_dir / 'summary_table.csv', index=False)
   table[table['layer'].notna()].to_csv(out_dir / 'per_layer.csv', index=False)
   omni.to_csv(out_dir / 'anova.csv', index=False)
-  figure_files = _figures(tidy, final, included, out_dir)
+  few = _few_evaluations(included)
+  if few:
+    logging.warning(
+        'Runs evaluated fewer than twice (%s): no learning curve can be '
+        'drawn; their test accuracy is drawn as a point with the 95%% CI '
+        'over seeds.', ', '.join(few))
+  figure_files = _figures(tidy, final, included, few, out_dir)
   path = out_dir / 'report.md'
   report.write_report(path, runs_dir=runs_dir, baseline=baseline, alpha=alpha,
                       included=included, excluded=excluded, table=table,
-                      omni=omni, figure_files=figure_files, dropped=dropped)
+                      omni=omni, final=final, figure_files=figure_files,
+                      dropped=dropped,
+                      few_evaluations=few)
   logging.info('Wrote %s', path)
   return path
 

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 
 from jax_attnshare import analysis
 from jax_attnshare import analyze
+from jax_attnshare import figures
 from jax_attnshare import runs
 
 NUM_LAYERS, NUM_HEADS, NUM_TOKENS = 3, 2, 10
@@ -22,7 +24,8 @@ PIECES = ['▁a', '▁good', '▁film', ',', '▁really', '▁fun', '▁to', '�
 def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
               seeds=SEEDS, fingerprint: str = 'f00d', finished: bool = True,
               diverged=(), sample_seed: int = 0, sharing: str = '',
-              maps: bool = True) -> pathlib.Path:
+              maps: bool = True, eval_steps=(50, 100),
+              dataset: str = 'synthetic') -> pathlib.Path:
   """A workdir whose per-layer metrics are drawn from known normals."""
   rng = np.random.default_rng(sample_seed)
   workdir = root / condition
@@ -31,7 +34,7 @@ def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
                 num_train_steps=100, batch_size=8,
                 model=dict(num_layers=NUM_LAYERS, num_heads=NUM_HEADS),
                 sharing=dict(spec=sharing),
-                data=dict(dataset='synthetic', max_length=NUM_TOKENS,
+                data=dict(dataset=dataset, max_length=NUM_TOKENS,
                           seed_mode='shared'))
   (workdir / 'config.json').write_text(json.dumps({'config': config}))
 
@@ -62,10 +65,10 @@ def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
         attention=attention))
   history = [dict(step=step, train_loss=draw(0.6, 0.02, len(seeds)),
                   test_loss=draw(0.5, 0.02, len(seeds)),
-                  test_accuracy=draw(acc, 0.01, len(seeds)),
+                  test_accuracy=draw(0.6 + step / 500, 0.01, len(seeds)),
                   attention=dict(entropy=draw(entropy, 0.05,
                                               (len(seeds), NUM_LAYERS))))
-             for step, acc in ((50, 0.7), (100, 0.8))]
+             for step in eval_steps]
   summary = dict(
       format=1, condition=condition, config_name='configs/x.py:tiny',
       sharing=sharing, seeds=list(seeds), seed_mode='shared',
@@ -134,6 +137,64 @@ class AnalyzeTest(absltest.TestCase):
     summary = pd.read_csv(self.out / 'summary_table.csv')
     self.assertEqual(set(summary['condition']), {'none', 'kv', 'k'})
     self.assertIn('sparsity_rel_1', set(summary['metric']))
+
+  def test_one_evaluation_warns_and_draws_points(self):
+    for condition in ('none', 'kv'):
+      write_run(self.root, condition, eval_steps=(100,))
+    with self.assertLogs(level='WARNING') as logs:
+      analyze.run_analysis(self.root, self.out)
+    (warning,) = [m for m in logs.output if 'evaluated fewer' in m]
+    self.assertIn('(none, kv)', warning)
+    text = (self.out / 'report.md').read_text()
+    self.assertIn('**Warning: fewer than two evaluations.** Every run was '
+                  'evaluated fewer than twice (`none`: step 100; `kv`: step '
+                  '100), so no learning curve can be drawn', text)
+    self.assertIn('![Test accuracy at the only evaluation]'
+                  '(accuracy_curves.png)', text)
+
+  def test_warning_names_the_run_evaluated_once(self):
+    write_run(self.root, 'none')
+    write_run(self.root, 'kv', eval_steps=(100,))
+    analyze.run_analysis(self.root, self.out)
+    text = (self.out / 'report.md').read_text()
+    self.assertIn('`kv` was evaluated fewer than twice (`kv`: step 100)', text)
+    self.assertIn('![Test accuracy during training]', text)
+
+  def test_two_evaluations_give_no_warning(self):
+    standard_runs(self.root)
+    analyze.run_analysis(self.root, self.out)
+    text = (self.out / 'report.md').read_text()
+    self.assertNotIn('fewer than two evaluations', text)
+    self.assertIn('![Test accuracy during training]', text)
+
+  def test_uniform_layer_is_named_with_its_cause(self):
+    for condition in ('none', 'kv'):
+      workdir = write_run(self.root, condition, entropy=1.6)
+      summary = json.loads((workdir / 'summary.json').read_text())
+      for entry in summary['per_seed']:
+        entry['attention']['entropy_norm'][0] = 0.99991
+      (workdir / 'summary.json').write_text(json.dumps(summary))
+    analyze.run_analysis(self.root, self.out)
+    text = (self.out / 'report.md').read_text()
+    for condition in ('none', 'kv'):
+      self.assertIn(f'- `{condition}`, layer 0: normalized attention entropy '
+                    '0.99991 (mean over 5 seeds, above 0.999): its attention '
+                    'is uniform, so it shares nothing of interest. This is '
+                    'an initialisation artefact', text)
+    self.assertNotIn('layer 1: normalized attention entropy', text)
+
+  def test_heatmap_titles_name_the_class(self):
+    write_run(self.root, 'none', dataset='imdb_reviews')
+    write_run(self.root, 'kv')
+    with mock.patch.object(figures, 'attention_heatmaps',
+                           wraps=figures.attention_heatmaps) as draw:
+      analyze.run_analysis(self.root, self.out)
+    titles = [c.args[2] for c in draw.call_args_list]
+    self.assertEqual(titles, [
+        'none: attention on the fixed test review (positive), seed 0, '
+        'step 100',
+        'kv: attention on the fixed test review (label 1), seed 0, step 100'])
+    self.assertEqual(draw.call_args_list[0].args[1], PIECES)
 
   def test_empty_folder_is_an_error(self):
     with self.assertRaisesRegex(SystemExit, 'no summary.json under'):
