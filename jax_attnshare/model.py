@@ -18,6 +18,7 @@ C classes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -59,6 +60,10 @@ class ModelConfig:
   # ALBERT's factorized embedding: tokens are embedded in E dimensions and
   # projected to D; 0 means E = D and no projection.
   embedding_width: int = 0
+  # Std of a N(0, std^2) init of the token and position embedding tables; 0
+  # keeps Flax's default (std 1/sqrt(E)), under which layer 0's attention
+  # logits have std about 2/E and its maps stay uniform (see the README).
+  embedding_init_std: float = 0.0
   # A decoder: each token attends to itself and earlier tokens only.
   causal: bool = False
 
@@ -94,6 +99,11 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   if embedding_width < 0:
     raise ValueError(f'config.model.embedding_width must be >= 0 (0 = '
                      f'config.model.width), got {embedding_width}.')
+  embedding_init_std = m.get('embedding_init_std', 0.0)
+  if not (math.isfinite(embedding_init_std) and embedding_init_std >= 0):
+    raise ValueError(f'config.model.embedding_init_std must be a finite number '
+                     f'>= 0 (0 = Flax\'s default, 1/sqrt(embedding width)), '
+                     f'got {embedding_init_std}.')
   spec = sharing.SharingSpec.from_config(config.sharing, m.num_layers,
                                          m.num_heads)
   return ModelConfig(
@@ -104,7 +114,8 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
       padding_mask=m.padding_mask, qkv_bias=m.qkv_bias,
       activation=m.activation, layer_norm_eps=m.layer_norm_eps,
       embedding_norm=m.embedding_norm, pad_id=pad_id,
-      embedding_width=embedding_width, causal=task == 'lm')
+      embedding_width=embedding_width,
+      embedding_init_std=float(embedding_init_std), causal=task == 'lm')
 
 
 def stored_heads(cfg: ModelConfig, projection: str,
@@ -310,9 +321,11 @@ def embed(cfg: ModelConfig, tokens_BT, deterministic: bool):
   Called inside a parent's compact method, so its modules belong to it.
   """
   e = cfg.embedding_width if cfg.factorized else cfg.width
+  init = ({'embedding_init': nn.initializers.normal(cfg.embedding_init_std)}
+          if cfg.embedding_init_std else {})
   positions_T = jnp.arange(tokens_BT.shape[1])
-  x_BTE = (nn.Embed(cfg.vocab_size, e, name='token_embed')(tokens_BT)
-           + nn.Embed(cfg.max_length, e, name='position_embed')(
+  x_BTE = (nn.Embed(cfg.vocab_size, e, name='token_embed', **init)(tokens_BT)
+           + nn.Embed(cfg.max_length, e, name='position_embed', **init)(
                positions_T)[None])
   if cfg.embedding_norm:
     x_BTE = nn.LayerNorm(cfg.layer_norm_eps, name='ln_embed')(x_BTE)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_attnshare import attn_stats
 from jax_attnshare import config_utils
 from jax_attnshare import cost
 from jax_attnshare import model as model_lib
@@ -168,3 +169,71 @@ def test_train_flops_by_hand():
   cfg = _cfg()
   per_layer = 2 * T * (4 * D * D + 2 * D * 2 * D) + 4 * T * T * D
   assert cost.train_flops_per_example(cfg, T) == 3 * N * per_layer
+
+
+def _embedding_tables(**kw):
+  # 4,096 entries per table, so a sample std is within about 1% of the true.
+  params = _init(_cfg(vocab_size=256, max_length=256, **kw))
+  return params['token_embed']['embedding'], params['position_embed'][
+      'embedding']
+
+
+def test_embedding_init_std_sets_both_tables_std():
+  for std in (0.5, 1.0):
+    for table in _embedding_tables(embedding_init_std=std):
+      assert abs(float(table.std()) / std - 1) < 0.05
+      assert abs(float(table.mean())) < 0.05 * std
+
+
+def test_default_embedding_init_is_flax_and_fix_touches_only_embeddings():
+  for table in _embedding_tables():
+    # Flax's default_embed_init: std 1/sqrt(D).
+    assert abs(float(table.std()) * np.sqrt(D) - 1) < 0.05
+  default = _init(_cfg())
+  fixed = _init(_cfg(embedding_init_std=1.0))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(default):
+    other = _get(fixed, [p.key for p in path])
+    if path[0].key in ('token_embed', 'position_embed'):
+      assert not np.allclose(leaf, other)
+    else:
+      np.testing.assert_array_equal(leaf, other)
+
+
+@pytest.mark.parametrize('value', [-1.0, float('nan'), float('inf')])
+def test_invalid_embedding_init_std_raises_naming_the_field(value):
+  config = config_utils.classifier_config('kv', 'tiny')
+  config.model.embedding_init_std = value
+  with pytest.raises(ValueError, match=r'config\.model\.embedding_init_std'):
+    model_lib.model_config(config, config.data.vocab_size, 0)
+
+
+def test_embedding_init_std_reaches_the_model_and_defaults_to_flax():
+  config = config_utils.classifier_config('kv', 'tiny')
+  assert model_lib.model_config(config, 64, 0).embedding_init_std == 0.0
+  config.model.embedding_init_std = 1.0
+  assert model_lib.model_config(config, 64, 0).embedding_init_std == 1.0
+
+
+def _layer0_entropy_norm_at_init(**kw):
+  """Mean normalized entropy of layer 0 at init, width 64 as at `:cpu`."""
+  width, length = 64, 32
+  spec = sharing.SharingSpec(num_layers=1, components=(), layer_groups=())
+  cfg = model_lib.ModelConfig(
+      vocab_size=V, max_length=length, sharing=spec, width=width,
+      num_layers=1, num_heads=2, ffn_width=2 * width, **kw)
+  tokens = jax.random.randint(jax.random.key(1), (4, length), 1, V)
+  params = model_lib.Classifier(cfg).init(jax.random.key(0), tokens)['params']
+  stats = attn_stats.attention_stats(_probs(cfg, params, tokens),
+                                     tokens != 0)
+  return float(attn_stats.per_layer(stats)['entropy_norm'][0])
+
+
+def test_small_default_embeddings_make_layer0_attention_uniform():
+  """Logits std ~ var(x) = 2/D at Flax's init: 1 - entropy ~ (2/D)^2 / 2ln n."""
+  default = _layer0_entropy_norm_at_init()
+  assert default > 1 - 5e-4
+  # N(0, 1) embeddings: logits std ~ 2, far from uniform.
+  assert _layer0_entropy_norm_at_init(embedding_init_std=1.0) < 0.8
+  # A LayerNorm on the embeddings gives layer 0 the unit-variance input that
+  # later layers get from the previous block's post-LN.
+  assert _layer0_entropy_norm_at_init(embedding_norm=True) < 0.95
