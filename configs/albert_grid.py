@@ -12,9 +12,12 @@ configs/albert.py is the blog's condition instead (norms per layer, E = D).
 Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/albert_grid.py:variant=all
 2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 400 steps), the grid:
-  for v in all attention ffn none; do
-    python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,variant=$v
-  done
+  python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,variant=all
+  python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,variant=attention
+  python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,variant=ffn
+  python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,variant=none
+Not factorized (E = D):
+  python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,embedding=0
 Args: `variant=` (default all), `embedding=E` (default 32; 0 = E = D, not
 factorized), `cpu`, `tiny`, `seeds=N`.
 """

@@ -9,6 +9,8 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
 2-core CPU size (5 seeds, width 64, 4 heads, 128 tokens, 400 steps; `groups=4`
 is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/gqa.py:cpu
+  python -m jax_attnshare.main --config=configs/gqa.py:cpu,groups=4
+  python -m jax_attnshare.main --config=configs/gqa.py:cpu,groups=2,share=kv
 Args: `groups=G` (default 2; must divide the heads; 1 is MQA, see mqa.py),
 `share=` components shared across layers (e.g. `kv`), `cpu`, `tiny`,
 `seeds=N`. See README 'Sharing options and their cost'.
@@ -21,7 +23,7 @@ def get_config(arg=None):
   a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, groups=2,
                              share='none')
   c = config_utils.classifier_config(a.share, a)
-  if a.cpu:  # Four heads, so that GQA differs from both MHA and MQA.
+  if a.cpu or a.tiny:  # Four heads: GQA differs from both MHA and MQA.
     c.model.num_heads = 4
   c.sharing.kv_heads = a.groups
   c.name = config_utils.variant_name(f'gqa{a.groups}', a, share='none')

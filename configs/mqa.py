@@ -19,7 +19,7 @@ from jax_attnshare import config_utils
 def get_config(arg=None):
   a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, share='none')
   c = config_utils.classifier_config(a.share, a)
-  if a.cpu:  # Four heads, so that GQA differs from both MHA and MQA.
+  if a.cpu or a.tiny:  # Four heads, as gqa.py: GQA differs from MHA and MQA.
     c.model.num_heads = 4
   c.sharing.kv_heads = 1
   c.name = config_utils.variant_name('mqa', a, share='none')

@@ -40,21 +40,33 @@ def row(task: str, path: pathlib.Path) -> str:
           f'{"—" if cache is None else f"{cache:,}"} |')
 
 
-def main(out: str) -> None:
+def main(out: str) -> int:
+  if not pathlib.Path(out).is_dir():
+    print(f'error: {out} is not a folder; give the OUT folder of '
+          'experiments/options.sh.', file=sys.stderr)
+    return 1
+  tables = 0
   for task, (_, name, _) in METRIC.items():
     runs = sorted(p.parent for p in pathlib.Path(out, task).glob(
         '*/summary.json'))
     if not runs:
       continue
+    tables += 1
     print(f'\n{task}: test {name}, mean ± sd over seeds\n')
     print(f'| run | config | sharing | params | attention params | {name} | '
           'attention FLOPs/token | K/V cache/token |')
     print('|---|---|---|---:|---:|---:|---:|---:|')
     for path in runs:
       print(row(task, path))
+  if not tables:
+    print(f'error: no runs in {out}: expected {out}/<task>/<option>/'
+          f'summary.json with <task> one of {sorted(METRIC)}.',
+          file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == '__main__':
   if len(sys.argv) != 2:
     sys.exit(__doc__)
-  main(sys.argv[1])
+  sys.exit(main(sys.argv[1]))

@@ -10,6 +10,7 @@ rerun of the same command resumes and a crash loses nothing finished.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -18,7 +19,6 @@ from typing import Any, Callable
 
 from absl import logging
 from clu import metric_writers
-from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +34,8 @@ from jax_attnshare import train
 from jax_attnshare import writers as writers_lib
 
 SEED_MODES = ('shared', 'per_seed')
+# Where a run's wall time goes; summary.json records each.
+PHASES = ('train', 'eval', 'attention_stats', 'checkpoints')
 VERSIONED = ('jax', 'flax', 'optax', 'orbax-checkpoint', 'clu')
 
 
@@ -45,12 +47,9 @@ def validate(config: Any) -> None:
   for name in positive:
     if config[name] < 1:
       raise ValueError(f'config.{name} must be >= 1, got {config[name]}.')
-  for name in ('eval_every_steps', 'ckpt_every_steps'):
-    if config[name] % config.log_every_steps:
-      raise ValueError(
-          f'config.{name}={config[name]} must be a multiple of '
-          f'config.log_every_steps={config.log_every_steps}, so a resumed '
-          'run logs the same windows as an uninterrupted one.')
+  if config.heatmap_example < 0:
+    raise ValueError(f'config.heatmap_example must be >= 0, got '
+                     f'{config.heatmap_example}.')
   if config.stats_examples % config.stats_batch_size:
     raise ValueError(
         f'config.stats_examples={config.stats_examples} must be a multiple '
@@ -58,6 +57,46 @@ def validate(config: Any) -> None:
   if config.data.seed_mode not in SEED_MODES:
     raise ValueError(f'config.data.seed_mode must be one of {SEED_MODES}, '
                      f'got {config.data.seed_mode!r}.')
+  _check_split_sizes(config, config.data.train_examples,
+                     config.data.test_examples)
+
+
+def _check_split_sizes(config: Any, train_size: int, test_size: int) -> None:
+  """The fields bounded by the split sizes (0: not known yet, unchecked)."""
+  if train_size and config.batch_size > train_size:
+    raise ValueError(f'config.batch_size={config.batch_size} exceeds the '
+                     f'{train_size} training examples.')
+  if test_size and config.stats_examples > test_size:
+    raise ValueError(f'config.stats_examples={config.stats_examples} exceeds '
+                     f'the {test_size} test examples.')
+  if test_size and config.heatmap_example >= test_size:
+    raise ValueError(f'config.heatmap_example={config.heatmap_example} must '
+                     f'be below the {test_size} test examples.')
+
+
+def check_config(config: Any) -> model_lib.ModelConfig:
+  """Every check that needs neither data nor compilation; raises ValueError.
+
+  main runs it before anything is read or written; tests run it on every
+  config file. Returns the validated model config.
+  """
+  validate(config)
+  data.check_fields(config.data)
+  mcfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
+  train.make_optimizer(config.opt, config.num_train_steps)
+  train.sharded_over_devices(config.num_seeds, config.seed_chunk)
+  return mcfg
+
+
+def _check_workdir_path(workdir: str) -> None:
+  """Raises if workdir cannot be a writable folder, before any work."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir} is a file, not a folder.')
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f'--workdir={workdir}: {existing} is not writable.')
 
 
 def _versions() -> dict[str, str]:
@@ -84,34 +123,56 @@ def _review_maps(steps, params, tokens_T: np.ndarray,
   return np.asarray(probs_SNBHTT)[:, :, 0, :, :n, :n]
 
 
+class ConfigError(ValueError):
+  """Bad input found before compilation: main prints it as one line."""
+
+
+def _prepare(config: Any, workdir: str, read_texts: Callable | None):
+  """The checks, then the data: returns (model config, dataset texts).
+
+  Writes nothing, so a run that fails here leaves the workdir as it was.
+  """
+  try:
+    mcfg = check_config(config)
+    _check_workdir_path(workdir)
+    results.check_workdir(workdir, results.config_dict(config))
+    kwargs = {'read_texts': read_texts} if read_texts else {}
+    texts = data.read_dataset(config.data, **kwargs)
+    _check_split_sizes(config, len(texts.train), len(texts.test))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return mcfg, texts
+
+
 def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
                        read_texts: Callable | None = None) -> dict:
-  """Trains config.num_seeds replicas in one vmapped step; returns summary."""
+  """Trains config.num_seeds replicas in one vmapped step; returns summary.
+
+  Raises ConfigError for bad input before anything is compiled or written,
+  and data.DataMissingError when the dataset cannot be had.
+  """
   start_time = time.time()
-  validate(config)
+  mcfg, texts = _prepare(config, workdir, read_texts)
   cfg = results.config_dict(config)
-  mcfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
   spec = mcfg.sharing.to_string()
   seeds = [config.seed + i for i in range(config.num_seeds)]
-  os.makedirs(workdir, exist_ok=True)
-  results.check_workdir(workdir, cfg)
   optimizer = train.make_optimizer(config.opt, config.num_train_steps)
   model = model_lib.make_model(mcfg)
   per_seed = config.data.seed_mode == 'per_seed'
   steps = train.SeedSteps(model, optimizer, config.data.max_length,
                           config.num_seeds, per_seed, config.seed_chunk)
 
-  kwargs = {'read_texts': read_texts} if read_texts else {}
-  dataset = data.load_text_dataset(config.data, workdir, **kwargs)
+  os.makedirs(workdir, exist_ok=True)
   results.write_config(workdir, cfg, {
       'config_name': config_name, 'seeds': seeds, 'sharing': spec,
       'versions': _versions(), 'devices': [str(d) for d in jax.devices()]})
+  try:
+    dataset = data.tokenize_dataset(texts, config.data, workdir)
+  except ValueError as e:  # A vocab_size that does not suit the texts.
+    raise ConfigError(str(e)) from e
   batches = data.TrainBatches(dataset.train, config.batch_size,
                               config.data.data_seed,
                               seeds if per_seed else None)
-  if config.stats_examples > len(dataset.test):
-    raise ValueError(f'config.stats_examples={config.stats_examples} exceeds '
-                     f'the {len(dataset.test)} test examples.')
   stats_tokens = dataset.test.tokens[:config.stats_examples]
   heatmap_tokens = dataset.test.tokens[config.heatmap_example]
   heatmap_pieces = data.pieces(dataset.tokenizer, heatmap_tokens)
@@ -121,11 +182,13 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   keys = train.seed_keys(seeds)
   ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
   history, diverged, wall_before = [], {}, 0.0
+  phase_s = dict.fromkeys(PHASES, 0.0)
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(jax.eval_shape(steps.init, keys))
     history = meta['history']
     diverged = {int(k): v for k, v in meta['diverged'].items()}
     wall_before = meta['wall_time_s']
+    phase_s.update(meta.get('phase_s', {}))
     logging.info('Resumed %s from step %d.', workdir, ckpt.latest_step())
   else:
     state = steps.init(keys)
@@ -136,11 +199,14 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
     writers.write_hparams({'sharing': spec, 'num_seeds': config.num_seeds,
                            **{f'params/{k}': v
                               for k, v in params_count.items()}})
-  report = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writers.agg,
-      every_steps=config.log_every_steps)
   logging.info('Sharing %s; parameters %s; seeds %s.', spec, params_count,
                seeds)
+
+  @contextlib.contextmanager
+  def timed(phase):
+    start = time.time()
+    yield
+    phase_s[phase] += time.time() - start
 
   def write_summary(step, final_attention):
     value = results.summary(
@@ -148,11 +214,12 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
         params=params_count, cost=cost_summary, completed_steps=step,
         wall_time_s=wall_before + time.time() - start_time, history=history,
         diverged=diverged, final_attention=final_attention,
-        sparsity_thresholds=_threshold_descriptions())
+        sparsity_thresholds=_threshold_descriptions(), phase_s=phase_s)
     value = results.jsonable(value)
     results.write_json(os.path.join(workdir, 'summary.json'), value)
     return value
 
+  evals_left = len(evaluation_steps(config, first_step))
   summary, window, window_steps = None, None, 0
   window_start = time.time()
   try:
@@ -162,27 +229,48 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
           state, m_S = steps.train(state, steps.put_batch(batches(step - 1)))
         window = m_S if window is None else jax.tree.map(jnp.add, window, m_S)
         window_steps += 1
-        report(step)
+        if step == first_step + 1:  # Says at once that training runs.
+          jax.block_until_ready(m_S)
+          logging.info('Step %d took %s, compilation included; progress is '
+                       'logged every %d steps.', step,
+                       format_seconds(time.time() - window_start),
+                       config.log_every_steps)
         last = step == config.num_train_steps
-        if step % config.log_every_steps and not last:
+        evaluates = last or step % config.eval_every_steps == 0
+        saves = last or step % config.ckpt_every_steps == 0
+        # Every evaluation and checkpoint step also ends a logging window,
+        # so a resumed run logs the same windows as an uninterrupted one.
+        if step % config.log_every_steps and not evaluates and not saves:
           continue
         train_S = {k: v / window_steps
                    for k, v in jax.device_get(window).items()}
         seconds = time.time() - window_start
+        phase_s['train'] += seconds
         flag_nonfinite(train_S['loss'], step, diverged, seeds,
                         config.halt_on_nonfinite)
         writers.write_scalars(step, {f'train/{k}': v
                                      for k, v in train_S.items()})
+        examples_per_s = (window_steps * config.batch_size * config.num_seeds
+                          / seconds)
         writers.agg.write_scalars(step, {
-            'train/examples_per_sec':
-                window_steps * config.batch_size * config.num_seeds / seconds})
-        window, window_steps, window_start = None, 0, time.time()
+            'train/examples_per_sec': examples_per_s})
+        evals_done = len(history)
+        eval_s = ((phase_s['eval'] + phase_s['attention_stats']) / evals_done
+                  if evals_done else 0.0)
+        logging.info(
+            'step %d/%d: train loss %.4f (mean over seeds), %.2f steps/s '
+            '(%.0f examples/s); ETA %s', step, config.num_train_steps,
+            float(np.nanmean(train_S['loss'])), window_steps / seconds,
+            examples_per_s, format_seconds(
+                (config.num_train_steps - step) * seconds / window_steps
+                + evals_left * eval_s))
 
-        if last or step % config.eval_every_steps == 0:
-          with report.timed('eval'):
+        if evaluates:
+          evals_left -= 1
+          with timed('eval'):
             test_S = train.evaluate(steps, state.params, data.eval_batches(
                 dataset.test, config.eval_batch_size))
-          with report.timed('attention_stats'):
+          with timed('attention_stats'):
             stats_S = train.attention_statistics(
                 steps, state.params, stats_tokens, config.stats_batch_size)
             maps_SNHTT = _review_maps(steps, state.params, heatmap_tokens,
@@ -195,31 +283,79 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
           writers.write_scalars(step, writers_lib.flatten_layers(
               {k: v for k, v in stats_S.items() if v.ndim == 3
                and k in attn_stats.PER_LAYER_METRICS}), aggregate=False)
-          _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces)
+          _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces, seeds,
+                          figures.review_title(
+                              dataset.test.labels[config.heatmap_example],
+                              config.get('task', 'classify'),
+                              config.data.dataset))
           history.append({
               'step': step, 'train_loss': train_S['loss'],
               **{f'test_{k}': v for k, v in test_S.items()},
               'attention': {k: layer_S[k]
                             for k in attn_stats.PER_LAYER_METRICS}})
+          if last:  # Before the summary that says the run is finished.
+            results.write_npz(os.path.join(workdir, 'attention_maps.npz'),
+                              probs=maps_SNHTT,
+                              pieces=np.array(heatmap_pieces),
+                              label=dataset.test.labels[
+                                  config.heatmap_example],
+                              step=step)
           summary = write_summary(step, attention_S)
-          if last:
-            np.savez(os.path.join(workdir, 'attention_maps.npz'),
-                     probs=maps_SNHTT, pieces=np.array(heatmap_pieces),
-                     label=dataset.test.labels[config.heatmap_example],
-                     step=step)
-        if last or step % config.ckpt_every_steps == 0:
-          ckpt.save(step, state, {
-              'seeds': seeds, 'sharing': spec,
-              'history': results.jsonable(history), 'diverged': diverged,
-              'wall_time_s': wall_before + time.time() - start_time,
-              'config_hash': results.config_hash(cfg)})
+        if saves:
+          with timed('checkpoints'):
+            ckpt.save(step, state, {
+                'seeds': seeds, 'sharing': spec,
+                'history': results.jsonable(history), 'diverged': diverged,
+                'wall_time_s': wall_before + time.time() - start_time,
+                'phase_s': phase_s,
+                'config_hash': results.config_hash(cfg)})
+        window, window_steps, window_start = None, 0, time.time()
   finally:
     ckpt.close()
     writers.close()
   if summary is None:  # Resumed after the last step: nothing left to do.
     with open(os.path.join(workdir, 'summary.json')) as f:
       summary = json.load(f)
+  logging.info('%s', closing_line(summary, workdir))
   return summary
+
+
+def format_seconds(seconds: float) -> str:
+  """'1h02m', '4m05s', '12s'."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
+
+
+def evaluation_steps(config: Any, after: int = 0) -> list[int]:
+  """The steps after `after` at which the run evaluates."""
+  return [s for s in range(after + 1, config.num_train_steps + 1)
+          if s % config.eval_every_steps == 0 or s == config.num_train_steps]
+
+
+def closing_line(summary: dict, workdir: str) -> str:
+  """The last line of a run: its test metrics, wall time and outputs."""
+  kept = [e for e in summary['per_seed'] if not e['diverged']]
+  metrics = [k for k in summary['per_seed'][0] if k.startswith('test_')]
+  parts = []
+  for name in metrics:
+    values = np.array([e[name] for e in kept if e[name] is not None], float)
+    if values.size:
+      parts.append(f'{name.removeprefix("test_").replace("_", " ")} '
+                   f'{values.mean():.4f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.4f}')
+  diverged = len(summary['per_seed']) - len(kept)
+  seeds = f'{len(kept)} seeds' + (f' ({diverged} diverged, left out)'
+                                  if diverged else '')
+  state = ('Finished' if summary['finished'] else
+           f'Stopped at step {summary["completed_steps"]} of')
+  return (f'{state} {summary["num_train_steps"]} steps in '
+          f'{format_seconds(summary["wall_time_s"])}: test '
+          f'{", ".join(parts) or "metrics unavailable"} (mean ± sd over '
+          f'{seeds}). Summary: {os.path.join(workdir, "summary.json")}; '
+          f'TensorBoard: tensorboard --logdir {os.path.join(workdir, "tb")}')
 
 
 def _threshold_descriptions() -> dict[str, str]:
@@ -240,7 +376,9 @@ def flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:
             '(config.halt_on_nonfinite=True).')
 
 
-def _write_heatmaps(writers, step, maps_SNHTT, pieces) -> None:
-  images = [figures.attention_heatmap_image(m, pieces, f'seed {i}')
-            for i, m in enumerate(maps_SNHTT)]
-  writers.write_images(step, images, 'attention/heatmap')
+def _write_heatmaps(writers, step, maps_SNHTT, pieces, seeds,
+                    review: str) -> None:
+  """One layers x heads image per replica, titled with its seed and review."""
+  images = [figures.attention_heatmap_image(m, pieces, f'seed {s}: {review}')
+            for s, m in zip(seeds, maps_SNHTT)]
+  writers.write_images(step, images, writers_lib.HEATMAP_TAG)

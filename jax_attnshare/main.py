@@ -1,11 +1,38 @@
-"""Command line: python -m jax_attnshare.main --config=configs/kv_share.py[:cpu].
+"""Trains the seeds of one sharing condition and writes its workdir.
 
-Kept short so the logic stays importable (loop.train_and_evaluate). The same
-command on the same workdir resumes from the latest checkpoint.
+  python -m jax_attnshare.main --config=configs/kv_share.py[:ARGS]
+      [--workdir=DIR] [--config.FIELD=VALUE ...]
+
+--config names a file under configs/ (one per condition); ARGS after the
+colon choose a size or variant, comma-separated:
+  (none)     the full size: 15 seeds, 11,715 steps; meant for a GPU or TPU
+  cpu        the size that finishes in minutes on a laptop CPU (5 seeds)
+  tiny       a smoke run in seconds (2 seeds, 6 steps, a tiny model)
+  seeds=N    N seeds instead of the size's default
+  ...        variants a config documents, e.g. albert_grid.py:variant=ffn,
+             gqa.py:groups=4 (see the docstring at the top of each file)
+Any field can be overridden after the file, e.g. --config.num_seeds=3
+--config.data.test_examples=2000 --config.sharing.components=kv; the fields
+and what they mean are in jax_attnshare/config_utils.py (classifier_config)
+and jax_attnshare/sharing.py (the sharing spec).
+
+The same command on the same workdir resumes from the latest checkpoint.
+Bad input (an unknown field, a value a check refuses, missing data) stops
+with one line on stderr and exit status 2, before anything is compiled.
 """
 
+import difflib
+import logging as pylogging
 import os
+import sys
 
+# TensorFlow only reads data and writes events here; it does no math, so its
+# oneDNN kernels are not needed, and without them and its C++ INFO lines it
+# prints nothing at import.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -13,17 +40,29 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from jax_attnshare import config_utils
 from jax_attnshare import data
 from jax_attnshare import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file, optionally with :arg.',
+    'config', None,
+    'A config file under configs/, optionally with :ARGS (cpu, tiny, '
+    'seeds=N, or a variant the file documents); override fields with '
+    '--config.FIELD=VALUE.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None,
     'Where checkpoints, TensorBoard events and summaries go. Default: '
-    'runs/<config name>[_<arg>] under the current directory.')
+    'runs/<config name>[_<args>] under the current directory.')
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    'library_logs', False,
+    'Also log the INFO lines of the libraries (orbax, tfds, jax); by default '
+    'only their warnings and errors are shown.')
 flags.mark_flags_as_required(['config'])
+
+# Our package and CLU's logging writer (the metrics) log at INFO.
+_INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
+                 os.path.join('clu', 'metric_writers'))
 
 
 def default_workdir(config_name: str) -> str:
@@ -33,9 +72,76 @@ def default_workdir(config_name: str) -> str:
   return os.path.join('runs', stem + suffix)
 
 
+def _fail(message: str):
+  """Bad input: one line on stderr, exit status 2 (as for a usage error)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_field_message(argv: list[str]) -> str | None:
+  """Names the first --config.FIELD override that is not a field."""
+  config_arg = next((a for a in argv if a.startswith('--config=')), None)
+  if config_arg is None:
+    return None
+  node = config_utils.load_config(config_arg.removeprefix('--config='))
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg.removeprefix('--config.').partition('=')[0]
+    node_here, parents = node, []
+    for name in path.split('.'):
+      fields = list(node_here.keys()) if hasattr(node_here, 'keys') else []
+      if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        where = f'config.{".".join(parents)}' if parents else 'config'
+        hint = (f'did you mean --config.{".".join(parents + close)}?'
+                if close else f'{where} has {", ".join(sorted(fields))}.')
+        return f'--config.{path}: no such config field; {hint}'
+      node_here, parents = node_here[name], parents + [name]
+  return None
+
+
+def _one_line(error: Exception) -> str:
+  """An error whose text may hold a traceback, as its first and last line."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if len(lines) == 1:
+    return lines[0]
+  # The last line of a traceback is 'SomeError: what went wrong'.
+  return f'{lines[0]} {lines[-1].partition(": ")[2] or lines[-1]}'
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parse, with every bad flag reported as one line, exit status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    path = config_flags.get_config_filename(flags.FLAGS['config'])
+    if not os.path.isfile(path.partition(':')[0]):
+      _fail(f'--config={path}: no such file (the configs are in configs/).')
+    # ml_collections applies the overrides lazily.
+    _CONFIG.value.keys()
+    return rest
+  except flags.Error as e:
+    _fail(_one_line(e).removeprefix('flag '))
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field that does not
+    # exist, with a multi-line hint.
+    _fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Passes warnings and errors, and INFO lines only from _INFO_SOURCES."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or any(
+        source in record.pathname for source in _INFO_SOURCES)
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    _fail(f'unexpected arguments: {argv[1:]}; fields are set with '
+          '--config.FIELD=VALUE.')
+  if not _LIBRARY_LOGS.value:
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   # tfds and clu import TensorFlow; keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   config_name = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -43,11 +149,11 @@ def main(argv):
   logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
   try:
     loop.train_and_evaluate(_CONFIG.value, workdir, config_name=config_name)
-  except data.DataMissingError as e:
+  except (loop.ConfigError, data.DataMissingError) as e:
     # Not a bug: say what to do, without a traceback.
-    raise SystemExit(f'error: {e}') from None
+    _fail(str(e))
 
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -258,17 +258,25 @@ def _markdown(frame: pd.DataFrame) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def check_config(config) -> None:
+  """The study config's checks that need no source, data or compilation."""
+  if config.source not in ('pretrained', 'workdir'):
+    raise ValueError(f'config.source must be "pretrained" or "workdir", '
+                     f'got {config.source!r}.')
+  for field in ('direct_share.ratios', 'postshare.ratios', 'probe.l2_grid'):
+    group, name = field.split('.')
+    _numbers(config[group][name], field)
+
+
 def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
   """Analysis and sweep of config's source; writes and returns the table."""
+  check_config(config)
   if config.source == 'pretrained':
     source = posthoc_sources.from_pretrained(config.pretrained_dir,
                                              config.data.max_length)
-  elif config.source == 'workdir':
+  else:
     source = posthoc_sources.from_workdir(config.source_workdir,
                                           config.replica)
-  else:
-    raise ValueError(f'config.source must be "pretrained" or "workdir", '
-                     f'got {config.source!r}.')
   posthoc.check_unshared(source.cfg)
   os.makedirs(workdir, exist_ok=True)
   ev = Evaluator(source, posthoc_sources.load_texts(config.data, read_texts),

@@ -88,7 +88,15 @@ def jsonable(value: Any) -> Any:
   if isinstance(value, (list, tuple)):
     return [jsonable(v) for v in value]
   if isinstance(value, np.ndarray):
+    if value.ndim == 0:
+      return jsonable(value[()])
+    if value.dtype == np.float32:
+      return [jsonable(v) for v in value]
     return jsonable(value.tolist())
+  if isinstance(value, np.float32):
+    # float32's shortest repr (0.772, not 0.7720000147819519): the digits
+    # beyond it are noise of the conversion, not of the measurement.
+    return jsonable(float(str(value)))
   if isinstance(value, (np.floating, float)):
     return float(value) if math.isfinite(value) else None
   if isinstance(value, np.integer):
@@ -96,6 +104,13 @@ def jsonable(value: Any) -> Any:
   if isinstance(value, np.bool_):
     return bool(value)
   return value
+
+
+def write_npz(path: str, **arrays: np.ndarray) -> None:
+  """np.savez, atomically (see write_json)."""
+  tmp = f'{path}.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 def write_config(workdir: str, config: dict, extra: Mapping[str, Any]) -> None:
@@ -108,10 +123,12 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
             history: list[dict], diverged: dict[int, int],
             final_attention: dict[str, np.ndarray] | None,
             sparsity_thresholds: Mapping[str, str],
-            cost: dict | None = None) -> dict:
+            cost: dict | None = None,
+            phase_s: Mapping[str, float] | None = None) -> dict:
   """The machine-readable summary of a run (see README, 'Workdir').
 
-  `cost` is cost.summary's FLOP and KV-cache accounting of the model.
+  `cost` is cost.summary's FLOP and KV-cache accounting of the model;
+  `phase_s` the wall time spent in each phase of the loop.
   """
   last = history[-1] if history else {}
   # The task's test metrics: accuracy for the classifier; perplexity and
@@ -136,7 +153,8 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
       'num_train_steps': config['num_train_steps'],
       'completed_steps': completed_steps,
       'finished': completed_steps == config['num_train_steps'],
-      'wall_time_s': wall_time_s, 'num_layers': m['num_layers'],
+      'wall_time_s': wall_time_s, 'phase_s': dict(phase_s or {}),
+      'num_layers': m['num_layers'],
       'num_heads': m['num_heads'],
       'sparsity_thresholds': dict(sparsity_thresholds), 'params': params,
       'cost': cost,

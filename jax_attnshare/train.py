@@ -168,6 +168,21 @@ def over_seeds(fn: Callable, per_seed: tuple[bool, ...],
   return mapped
 
 
+def sharded_over_devices(num_seeds: int, seed_chunk: int) -> bool:
+  """Whether SeedSteps shards the seeds; raises for an impossible layout."""
+  devices = jax.devices()
+  shard = len(devices) > 1 and num_seeds % len(devices) == 0
+  if seed_chunk < 0:
+    raise ValueError(f'config.seed_chunk must be >= 0 (0 = all seeds in '
+                     f'one vmap), got {seed_chunk}.')
+  if shard and seed_chunk:
+    raise ValueError(
+        f'config.seed_chunk={seed_chunk} runs the seeds in chunks on one '
+        f'device, but the {num_seeds} seeds are sharded over '
+        f'{len(devices)} devices: set config.seed_chunk=0.')
+  return shard
+
+
 class SeedSteps:
   """The seed-mapped, jitted steps over S replicas, sharded over devices.
 
@@ -179,15 +194,7 @@ class SeedSteps:
   def __init__(self, model: nn.Module, optimizer, length: int,
                num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0):
     devices = jax.devices()
-    shard = len(devices) > 1 and num_seeds % len(devices) == 0
-    if seed_chunk < 0:
-      raise ValueError(f'config.seed_chunk must be >= 0 (0 = all seeds in '
-                       f'one vmap), got {seed_chunk}.')
-    if shard and seed_chunk:
-      raise ValueError(
-          f'config.seed_chunk={seed_chunk} runs the seeds in chunks on one '
-          f'device, but the {num_seeds} seeds are sharded over '
-          f'{len(devices)} devices: set config.seed_chunk=0.')
+    shard = sharded_over_devices(num_seeds, seed_chunk)
     # Auto axes: XLA propagates the seed sharding through the vmapped steps.
     mesh = jax.make_mesh((len(devices) if shard else 1,), ('seed',),
                          devices=devices if shard else devices[:1],

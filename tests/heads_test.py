@@ -127,9 +127,13 @@ def test_tied_heads_equal_untied_copies_and_sum_gradients(name):
                 if index is not None or len(path) == 1}
   assert len(tied_paths) == num_tied
   for path in tied_paths:
+    # The tied gradient sums its uses inside XLA, the untied copies are
+    # summed here: float32 rounding of that order reaches ~2e-6 on entries
+    # of size ~1, so atol is set from the gradient's scale.
+    expected = _summed(g_untied, sources, path)
     np.testing.assert_allclose(_get(g_tied['encoder'], path)['kernel'],
-                               _summed(g_untied, sources, path),
-                               rtol=1e-4, atol=1e-6)
+                               expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
 
 
 def test_stored_heads_exist_once():
@@ -154,7 +158,7 @@ def test_mqa_is_gqa_with_one_group():
   gqa = config_utils.load_config(f'{CONFIGS}/gqa.py:tiny,groups=1')
   specs = [model_lib.model_config(c, 64, 0).sharing for c in (mqa, gqa)]
   assert specs[0] == specs[1]
-  assert specs[0].head_index('key') == (0, 0)
+  assert specs[0].head_index('key') == (0,) * mqa.model.num_heads
   cfg_mqa, cfg_gqa1 = _cfg(kv_heads=1), _cfg(kv_heads=1)
   params = _init(cfg_mqa)
   np.testing.assert_array_equal(_loss(params, cfg_mqa),

@@ -106,7 +106,6 @@ def test_different_experiment_in_workdir_is_refused(tmp_path, fake_texts):
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('eval_every_steps', 4, 'multiple of config.log_every_steps'),
     ('stats_examples', 7, 'config.stats_batch_size'),
     ('num_seeds', 0, 'config.num_seeds'),
 ])
@@ -117,6 +116,44 @@ def test_bad_loop_fields_raise_before_anything_runs(tmp_path, field, value,
   with pytest.raises(ValueError, match=match):
     loop.train_and_evaluate(config, str(tmp_path / 'x'),
                             read_texts=pytest.fail)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('batch_size', 65, 'config.batch_size=65 exceeds the 64 training'),
+    ('heatmap_example', 32, 'config.heatmap_example=32 must be below the 32'),
+])
+def test_check_on_the_data_fails_before_anything_is_written(
+    tmp_path, fake_texts, field, value, match):
+  config = _config()
+  config[field] = value
+  workdir = tmp_path / 'x'
+  with pytest.raises(loop.ConfigError, match=match):
+    loop.train_and_evaluate(config, str(workdir), read_texts=fake_texts)
+  assert not workdir.exists()
+  # The corrected command then runs in the same workdir.
+  assert loop.train_and_evaluate(_config(), str(workdir),
+                                 read_texts=fake_texts)['finished']
+
+
+def test_windows_end_at_evaluations_that_are_not_logging_steps(
+    tmp_path, fake_texts):
+  config = _config()
+  config.num_train_steps = 7
+  config.log_every_steps = 3
+  config.eval_every_steps = 5
+  config.ckpt_every_steps = 7
+  summary = loop.train_and_evaluate(config, str(tmp_path / 'w'),
+                                    read_texts=fake_texts)
+  assert [h['step'] for h in summary['history']] == [5, 7]
+  assert loop.evaluation_steps(config) == [5, 7]
+  assert loop.evaluation_steps(config, after=5) == [7]
+  assert set(summary['phase_s']) == set(loop.PHASES)
+  line = loop.closing_line(summary, 'WD')
+  accuracies = np.array([s['test_accuracy'] for s in summary['per_seed']])
+  assert line.startswith('Finished 7 steps in ')
+  assert (f'accuracy {accuracies.mean():.4f} ± '
+          f'{accuracies.std(ddof=1):.4f}') in line
+  assert 'over 2 seeds' in line and 'WD/summary.json' in line
 
 
 def test_bad_model_field_raises_before_data(tmp_path):

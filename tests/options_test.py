@@ -1,6 +1,8 @@
 """Option configs name their variant; invalid options fail before compiling."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -78,3 +80,16 @@ def test_unknown_task_and_albert_variant_raise():
     model_lib.model_config(config, 64, 0)
   with pytest.raises(ValueError, match='variant'):
     config_utils.load_config(f'{CONFIGS}/albert_grid.py:variant=half')
+
+
+@pytest.mark.parametrize('make_folder', [False, True])
+def test_options_table_without_runs_says_so_and_fails(tmp_path, make_folder):
+  out = tmp_path / 'options'
+  if make_folder:
+    out.mkdir()
+  result = subprocess.run(
+      [sys.executable, os.path.join(CONFIGS, '..', 'experiments',
+                                    'options_table.py'), str(out)],
+      capture_output=True, text=True, timeout=60, check=False)
+  assert result.returncode == 1
+  assert str(out) in result.stderr and result.stderr.startswith('error: ')
