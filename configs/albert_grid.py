@@ -22,17 +22,17 @@ Args: `variant=` (default all), `embedding=E` (default 32; 0 = E = D, not
 factorized), `cpu`, `tiny`, `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, variant='all',
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, variant='all',
                              embedding=32)
-  if a.variant not in config_utils.ALBERT_VARIANTS:
+  if a.variant not in configs.ALBERT_VARIANTS:
     raise ValueError(f'config arg variant={a.variant!r} must be one of '
-                     f'{sorted(config_utils.ALBERT_VARIANTS)}.')
-  c = config_utils.classifier_config(
-      config_utils.ALBERT_VARIANTS[a.variant], a)
+                     f'{sorted(configs.ALBERT_VARIANTS)}.')
+  c = configs.classifier_config(
+      configs.ALBERT_VARIANTS[a.variant], a)
   c.model.embedding_width = a.embedding
   c.name = f'albert_{a.variant}_e{a.embedding}'
   return c

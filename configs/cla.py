@@ -15,13 +15,13 @@ Args: `every=k` (default 2), `kv_heads=G` (CLA on top of GQA/MQA), `cpu`,
 `tiny`, `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, every=2,
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, every=2,
                              kv_heads=0)
-  c = config_utils.classifier_config('none', a)
+  c = configs.classifier_config('none', a)
   c.sharing.update(kv_activation_every=a.every, kv_heads=a.kv_heads)
-  c.name = config_utils.variant_name(f'cla{a.every}', a, kv_heads=0)
+  c.name = configs.variant_name(f'cla{a.every}', a, kv_heads=0)
   return c

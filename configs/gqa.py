@@ -16,15 +16,15 @@ Args: `groups=G` (default 2; must divide the heads; 1 is MQA, see mqa.py),
 `seeds=N`. See README 'Sharing options and their cost'.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, groups=2,
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, groups=2,
                              share='none')
-  c = config_utils.classifier_config(a.share, a)
+  c = configs.classifier_config(a.share, a)
   if a.cpu or a.tiny:  # Four heads: GQA differs from both MHA and MQA.
     c.model.num_heads = 4
   c.sharing.kv_heads = a.groups
-  c.name = config_utils.variant_name(f'gqa{a.groups}', a, share='none')
+  c.name = configs.variant_name(f'gqa{a.groups}', a, share='none')
   return c

@@ -16,13 +16,13 @@ Args: `share=` letters of the projections that take the map (q, k, v, o;
 default qk), `cpu`, `tiny`, `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, share='qk')
-  c = config_utils.classifier_config('none', a)
-  c.sharing.head_map = config_utils.paired_head_map(a.share,
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, share='qk')
+  c = configs.classifier_config('none', a)
+  c.sharing.head_map = configs.paired_head_map(a.share,
                                                     c.model.num_heads)
   c.name = f'head_map_{a.share}'
   return c

@@ -13,8 +13,8 @@ subset of 5,000 reviews): the README gives its measured time and accuracy.
 Args: `cpu`, `tiny` (tests), `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  return config_utils.classifier_config('kq', arg)
+  return configs.classifier_config('kq', arg)

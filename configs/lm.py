@@ -21,15 +21,15 @@ Args: `kv_heads=G`, `sa=` SA layers as a range, `cla=k`, `share=`
 components shared across layers (e.g. kv), `cpu`, `tiny`, `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 OPTIONS = dict(share='none', kv_heads=0, sa='', cla=0)
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, **OPTIONS)
-  c = config_utils.lm_config(a)
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, **OPTIONS)
+  c = configs.lm_config(a)
   c.sharing.update(components=a.share, kv_heads=a.kv_heads,
                    attention_map_layers=a.sa, kv_activation_every=a.cla)
-  c.name = config_utils.variant_name('lm', a, **OPTIONS)
+  c.name = configs.variant_name('lm', a, **OPTIONS)
   return c

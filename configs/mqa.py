@@ -13,14 +13,14 @@ is the MHA reference at that size):
 Args: `share=` components shared across layers, `cpu`, `tiny`, `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, share='none')
-  c = config_utils.classifier_config(a.share, a)
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, share='none')
+  c = configs.classifier_config(a.share, a)
   if a.cpu or a.tiny:  # Four heads, as gqa.py: GQA differs from MHA and MQA.
     c.model.num_heads = 4
   c.sharing.kv_heads = 1
-  c.name = config_utils.variant_name('mqa', a, share='none')
+  c.name = configs.variant_name('mqa', a, share='none')
   return c

@@ -10,13 +10,13 @@ percentage of the unshared model's; also the embedding cosine to it.
 
 2-core CPU size (1,000 train / 1,000 test reviews, 128 tokens; 60 steps of
 batch 8 for PostShare, SA fine-tuning and LISA):
-  TFDS_DATA_DIR=... python -m jax_attnshare.posthoc_eval \
+  TFDS_DATA_DIR=... python -m jax_attnshare.posthoc \
       --config=configs/posthoc_minilm.py:cpu --workdir=runs/posthoc_minilm
 Full size (all 25,000 + 25,000 reviews, 256 tokens, 300 steps): no `:cpu`.
 Args: `cpu`, `tiny` (tests).
 """
 
-from jax_attnshare import posthoc_config
+from jax_attnshare.posthoc import config as posthoc_config
 
 
 def get_config(arg=None):

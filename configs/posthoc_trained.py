@@ -11,13 +11,13 @@ task loss on the train split; LISA adds distillation.
 2-core CPU size (1,000 train / 1,000 test reviews at the run's length):
   python -m jax_attnshare.main --config=configs/no_share.py:cpu \
       --workdir=runs/none
-  TFDS_DATA_DIR=... python -m jax_attnshare.posthoc_eval \
+  TFDS_DATA_DIR=... python -m jax_attnshare.posthoc \
       --config=configs/posthoc_trained.py:cpu \
       --config.source_workdir=runs/none --workdir=runs/posthoc_none
 Args: `cpu`, `tiny` (tests).
 """
 
-from jax_attnshare import posthoc_config
+from jax_attnshare.posthoc import config as posthoc_config
 
 
 def get_config(arg=None):

@@ -17,12 +17,12 @@ three), `cpu`, `tiny`, `seeds=N`. A list goes in
 --config.sharing.attention_map_layers=1,3.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, layers='')
-  c = config_utils.classifier_config('none', a)
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, layers='')
+  c = configs.classifier_config('none', a)
   c.sharing.attention_map_layers = a.layers or str(c.model.num_layers - 1)
   c.name = f'shared_attention_{c.sharing.attention_map_layers}'
   return c

@@ -15,12 +15,12 @@ Args: `share=` components shared across layers (`qkv` or none; q, k and v
 go together), `cpu`, `tiny`, `seeds=N`.
 """
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def get_config(arg=None):
-  a = config_utils.parse_arg(arg, **config_utils.SIZE_ARGS, share='none')
-  c = config_utils.classifier_config(a.share, a)
+  a = configs.parse_arg(arg, **configs.SIZE_ARGS, share='none')
+  c = configs.classifier_config(a.share, a)
   c.sharing.shared_weight = True
-  c.name = config_utils.variant_name('shared_weight', a, share='none')
+  c.name = configs.variant_name('shared_weight', a, share='none')
   return c

@@ -9,7 +9,7 @@
 # Each condition trains once into OUT/<condition> (rerunning resumes or skips
 # finished runs); OUT/exp1 and OUT/exp2 link to the conditions they compare,
 # so each can be analysed on its own:
-#   python -m jax_attnshare.analyze --runs OUT/exp1 --out OUT/exp1_report
+#   python -m jax_attnshare.report --runs OUT/exp1 --out OUT/exp1_report
 set -euo pipefail
 which=${1:-all}
 arg=${2:-cpu}
@@ -37,5 +37,5 @@ for experiment in "${experiments[@]}"; do
       --workdir="$out/$condition"
     ln -sfn "../$condition" "$out/$experiment/$condition"
   done
-  echo "Analyse with: python -m jax_attnshare.analyze --runs $out/$experiment --out $out/${experiment}_report"
+  echo "Analyse with: python -m jax_attnshare.report --runs $out/$experiment --out $out/${experiment}_report"
 done

@@ -17,7 +17,7 @@ import os
 from absl import app
 from absl import flags
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import cost
 from jax_attnshare import model as model_lib
 
@@ -44,7 +44,7 @@ def row(spec: str, size: str) -> dict | None:
   """The costs of one config; None for configs that train no model."""
   name, _, arg = spec.partition(':')
   arg = ','.join(a for a in (size, arg) if a)
-  config = config_utils.load_config(
+  config = configs.load_config(
       os.path.join(ROOT, 'configs', name) + (f':{arg}' if arg else ''))
   if 'model' not in config:  # E.g. the post-hoc configs.
     return None

@@ -10,7 +10,7 @@
 # Rerunning resumes or skips finished runs. Tabulate quality beside cost with
 #   python experiments/options_table.py OUT
 # and test the classifiers against the baseline with
-#   python -m jax_attnshare.analyze --runs OUT/classify --out OUT/classify_report
+#   python -m jax_attnshare.report --runs OUT/classify --out OUT/classify_report
 # (GQA and MQA use 4 heads at the CPU size: their own MHA reference is gqa4).
 set -euo pipefail
 arg=${1:-cpu}
@@ -45,4 +45,4 @@ train() {  # task, workdir name, config, extra config args
 
 for row in "${runs[@]}"; do train $row; done
 echo "Tabulate with: python experiments/options_table.py $out"
-echo "Analyse with: python -m jax_attnshare.analyze --runs $out/classify --out $out/classify_report"
+echo "Analyse with: python -m jax_attnshare.report --runs $out/classify --out $out/classify_report"

@@ -15,10 +15,10 @@ arg=${1:-cpu}
 out=${2:-runs/posthoc}
 suffix=${arg:+:$arg}
 
-python -m jax_attnshare.posthoc_eval \
+python -m jax_attnshare.posthoc \
   --config="configs/posthoc_minilm.py$suffix" --workdir="$out/minilm"
 python -m jax_attnshare.main \
   --config="configs/no_share.py$suffix" --workdir="$out/none"
-python -m jax_attnshare.posthoc_eval \
+python -m jax_attnshare.posthoc \
   --config="configs/posthoc_trained.py$suffix" \
   --config.source_workdir="$out/none" --workdir="$out/none_posthoc"

@@ -6,7 +6,7 @@
 Trains on random full-length token batches (no data needed) with the model,
 optimizer and batch size of the config. For each S it times one jitted
 S-seed step with all seeds vmapped at once, the same step in the config's
-chunks of seeds (config.seed_chunk, see train.over_seeds; the step that main
+chunks of seeds (config.seed_chunk, see steps_lib.over_seeds; the step that main
 runs), and the same S seeds stepped one after another with the same jitted
 code (the step at S=1), each after a compile-and-warm-up step. It also
 measures the machine's float32 matmul peak with the same JAX (the best of
@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import cost
 from jax_attnshare import model as model_lib
-from jax_attnshare import train
+from jax_attnshare import steps as steps_lib
 
 _CONFIG = flags.DEFINE_string('config', 'configs/kv_share.py:cpu',
                               'Config file and arg, as for main.')
@@ -103,7 +103,7 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
   """Examples/s of S seeds: all vmapped, in the config's chunks, in turn."""
   mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
   model = model_lib.make_model(mcfg)
-  optimizer = train.make_optimizer(config.opt, config.num_train_steps)
+  optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
   length, batch_size = config.data.max_length, config.batch_size
   rng = np.random.default_rng(0)
   batch = {'tokens': rng.integers(1, mcfg.vocab_size, (batch_size, length),
@@ -113,8 +113,8 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
   examples = num_seeds * batch_size * num_steps
 
   def seed_step(chunk: int) -> float:
-    steps = train.SeedSteps(model, optimizer, length, num_seeds, False, chunk)
-    state = [steps.init(train.seed_keys(seeds))]
+    steps = steps_lib.SeedSteps(model, optimizer, length, num_seeds, False, chunk)
+    state = [steps.init(steps_lib.seed_keys(seeds))]
     device_batch = steps.put_batch(batch)
 
     def one_step():
@@ -123,8 +123,8 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
 
     return examples / _time_steps(one_step, num_steps)
 
-  one = train.SeedSteps(model, optimizer, length, 1, False)
-  states = [one.init(train.seed_keys([s])) for s in seeds]
+  one = steps_lib.SeedSteps(model, optimizer, length, 1, False)
+  states = [one.init(steps_lib.seed_keys([s])) for s in seeds]
   device_batch = one.put_batch(batch)
 
   def sequential():
@@ -150,7 +150,7 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
 
 def main(argv):
   del argv
-  config = config_utils.load_config(_CONFIG.value)
+  config = configs.load_config(_CONFIG.value)
   peak = matmul_peak_flops(_MATMUL.value)
   rows = [measure(config, int(s), _STEPS.value) for s in _SEEDS.value]
   # A shared machine's speed drifts: the best peak of before and after, so

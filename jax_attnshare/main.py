@@ -13,7 +13,7 @@ colon choose a size or variant, comma-separated:
              gqa.py:groups=4 (see the docstring at the top of each file)
 Any field can be overridden after the file, e.g. --config.num_seeds=3
 --config.data.test_examples=2000 --config.sharing.components=kv; the fields
-and what they mean are in jax_attnshare/config_utils.py (classifier_config)
+and what they mean are in jax_attnshare/configs.py (classifier_config)
 and jax_attnshare/sharing.py (the sharing spec).
 
 The same command on the same workdir resumes from the latest checkpoint.
@@ -40,9 +40,9 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import data
-from jax_attnshare import loop
+from jax_attnshare import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None,
@@ -83,7 +83,7 @@ def _unknown_field_message(argv: list[str]) -> str | None:
   config_arg = next((a for a in argv if a.startswith('--config=')), None)
   if config_arg is None:
     return None
-  node = config_utils.load_config(config_arg.removeprefix('--config='))
+  node = configs.load_config(config_arg.removeprefix('--config='))
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
@@ -148,8 +148,8 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config_name)
   logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
   try:
-    loop.train_and_evaluate(_CONFIG.value, workdir, config_name=config_name)
-  except (loop.ConfigError, data.DataMissingError) as e:
+    train.train_and_evaluate(_CONFIG.value, workdir, config_name=config_name)
+  except (train.ConfigError, data.DataMissingError) as e:
     # Not a bug: say what to do, without a traceback.
     _fail(str(e))
 

@@ -1,257 +1,384 @@
-"""Training: pure one-replica steps, vmapped over seeds in one place.
+"""train_and_evaluate: the loop that wires data, steps, writers and checkpoints.
 
-`init_state`, `train_step`, `eval_step`, `stats_step` and `maps_step` see one
-replica. `SeedSteps` jits their `jax.vmap` over a leading seed axis once, and
-shards that axis over the devices when there are several, so replica i
-depends on seed i alone and equals a single-seed run. On one device the
-seeds can instead be vmapped in chunks that the jitted step maps over
-(`seed_chunk`): the same replicas, with one chunk's activations in memory at
-a time.
+Everything that can be checked without data or compilation (config fields,
+sharing spec, workdir identity) is checked first. Train metrics stay on the
+device between logging steps; evaluation, attention statistics and the
+summary are written at every evaluation, and a checkpoint (with the
+evaluation history in its meta) at every checkpoint step and at the end, so a
+rerun of the same command resumes and a crash loses nothing finished.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import importlib.metadata
+import json
+import os
+import time
 from typing import Any, Callable
 
-import flax.linen as nn
-from flax.training import train_state
+from absl import logging
+from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jax_attnshare import attn_stats
+from jax_attnshare import checkpoint
+from jax_attnshare import cost
+from jax_attnshare import data
+from jax_attnshare.report import figures
 from jax_attnshare import model as model_lib
+from jax_attnshare import workdir as workdir_lib
+from jax_attnshare import steps as steps_lib
+from jax_attnshare import writers as writers_lib
 
-SCHEDULES = ('constant', 'cosine', 'linear')
-OPTIMIZERS = ('adamw', 'adam')
-
-
-class TrainState(train_state.TrainState):
-  rng: jax.Array  # base key of this replica's dropout stream
-
-
-def make_optimizer(opt: Any, num_train_steps: int) -> optax.GradientTransformation:
-  """Linear warmup, then the configured decay; global-norm clipping."""
-  if opt.name not in OPTIMIZERS:
-    raise ValueError(f'config.opt.name must be one of {OPTIMIZERS}, got '
-                     f'{opt.name!r}.')
-  if opt.schedule not in SCHEDULES:
-    raise ValueError(f'config.opt.schedule must be one of {SCHEDULES}, got '
-                     f'{opt.schedule!r}.')
-  if not 0 <= opt.warmup_steps <= num_train_steps:
-    raise ValueError(f'config.opt.warmup_steps={opt.warmup_steps} must be in '
-                     f'[0, config.num_train_steps={num_train_steps}].')
-  warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
-  decay_steps = max(num_train_steps - opt.warmup_steps, 1)
-  decay = {
-      'constant': optax.constant_schedule(opt.learning_rate),
-      'cosine': optax.cosine_decay_schedule(opt.learning_rate, decay_steps),
-      'linear': optax.linear_schedule(opt.learning_rate, 0.0, decay_steps),
-  }[opt.schedule]
-  schedule = optax.join_schedules([warmup, decay], [opt.warmup_steps])
-  if opt.name == 'adamw':
-    update = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
-                         weight_decay=opt.weight_decay)
-  else:
-    update = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
-  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), update)
+SEED_MODES = ('shared', 'per_seed')
+# Where a run's wall time goes; summary.json records each.
+PHASES = ('train', 'eval', 'attention_stats', 'checkpoints')
+VERSIONED = ('jax', 'flax', 'optax', 'orbax-checkpoint', 'clu')
 
 
-def seed_keys(seeds) -> jax.Array:
-  """Typed keys [S]; key i is exactly jax.random.key(seeds[i])."""
-  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-
-
-def init_state(key: jax.Array, model: nn.Module,
-               optimizer: optax.GradientTransformation,
-               length: int) -> TrainState:
-  params_key, dropout_key = jax.random.split(key)
-  tokens_BT = jnp.zeros((1, length), jnp.int32)
-  params = model.init(params_key, tokens_BT)['params']
-  return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer,
-                           rng=dropout_key)
-
-
-def classification_losses(logits_BC, batch: dict):
-  """Loss, correctness and weight (1) of each example's label."""
-  labels_B = batch['labels']
-  loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
-  correct_B = (logits_BC.argmax(-1) == labels_B).astype(jnp.float32)
-  return loss_B, correct_B, jnp.ones_like(loss_B)
-
-
-def next_token_losses(logits_BTV, batch: dict, pad_id: int):
-  """Loss, correctness and weight of each next token; padding weighs 0."""
-  targets_BT = batch['tokens'][:, 1:]
-  logits_BTV = logits_BTV[:, :-1]
-  loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV,
-                                                            targets_BT)
-  correct_BT = (logits_BTV.argmax(-1) == targets_BT).astype(jnp.float32)
-  return loss_BT, correct_BT, (targets_BT != pad_id).astype(jnp.float32)
-
-
-def objective(cfg: model_lib.ModelConfig) -> Callable:
-  """(model output, batch) -> per-prediction (loss, correct, weight)."""
-  if cfg.causal:
-    return functools.partial(next_token_losses, pad_id=cfg.pad_id)
-  return classification_losses
-
-
-def train_step(state: TrainState, batch: dict,
-               losses: Callable = classification_losses
-               ) -> tuple[TrainState, dict]:
-  """One AdamW update of one replica; dropout keyed by (replica, step)."""
-  dropout_key = jax.random.fold_in(state.rng, state.step)
-
-  def loss_fn(params):
-    out = state.apply_fn({'params': params}, batch['tokens'],
-                         deterministic=False, rngs={'dropout': dropout_key})
-    loss_X, correct_X, w_X = losses(out, batch)
-    count = jnp.maximum(w_X.sum(), 1.0)
-    return (loss_X * w_X).sum() / count, (correct_X * w_X).sum() / count
-
-  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  metrics = {'loss': loss, 'accuracy': accuracy,
-             'grad_norm': optax.global_norm(grads)}
-  return state.apply_gradients(grads=grads), metrics
-
-
-def eval_step(params: Any, batch: dict, model: nn.Module) -> dict:
-  """Sums of loss and correct predictions over a batch's real targets.
-
-  Targets are the labels of the real rows, or for the LM their real next
-  tokens.
-  """
-  out = model.apply({'params': params}, batch['tokens'])
-  loss_X, correct_X, w_X = objective(model.config)(out, batch)
-  w_B = batch['weights']
-  w_X = w_X * w_B.reshape(w_B.shape + (1,) * (w_X.ndim - 1))
-  return {'loss_sum': (loss_X * w_X).sum(), 'correct': (correct_X * w_X).sum(),
-          'count': w_X.sum()}
-
-
-def maps_step(params: Any, tokens_BT: jax.Array, model: nn.Module):
-  """Attention probabilities probs_NBHTT of every layer."""
-  _, variables = model.apply({'params': params}, tokens_BT,
-                             mutable=[model_lib.ATTENTION_COLLECTION])
-  return model_lib.attention_probs(variables[model_lib.ATTENTION_COLLECTION])
-
-
-def stats_step(params: Any, tokens_BT: jax.Array, model: nn.Module) -> dict:
-  """Attention statistics, reduced inside jit so maps never leave the device."""
-  probs_NBHTT = maps_step(params, tokens_BT, model)
-  return attn_stats.attention_stats(probs_NBHTT,
-                                    tokens_BT != model.config.pad_id)
-
-
-def over_seeds(fn: Callable, per_seed: tuple[bool, ...],
-               chunk: int) -> Callable:
-  """fn over a leading seed axis of the arguments marked per-seed.
-
-  chunk 0: one jax.vmap over all seeds. chunk c: jax.lax.map over groups of
-  c seeds, each group vmapped, inside the same function, so only one group's
-  activations exist at a time. On a CPU, S replicas' attention maps overflow
-  the caches and one vmap over all of them is slower than seeds in turn.
-  """
-  if not chunk:
-    return jax.vmap(fn, in_axes=tuple(0 if p else None for p in per_seed))
-
-  def mapped(*args):
-    def one(seeded):
-      it = iter(seeded)
-      return fn(*(next(it) if p else a for a, p in zip(args, per_seed)))
-    return jax.lax.map(one, [a for a, p in zip(args, per_seed) if p],
-                       batch_size=chunk)
-  return mapped
-
-
-def sharded_over_devices(num_seeds: int, seed_chunk: int) -> bool:
-  """Whether SeedSteps shards the seeds; raises for an impossible layout."""
-  devices = jax.devices()
-  shard = len(devices) > 1 and num_seeds % len(devices) == 0
-  if seed_chunk < 0:
-    raise ValueError(f'config.seed_chunk must be >= 0 (0 = all seeds in '
-                     f'one vmap), got {seed_chunk}.')
-  if shard and seed_chunk:
+def validate(config: Any) -> None:
+  """Checks the loop fields; raises ValueError naming the field."""
+  positive = ('num_seeds', 'batch_size', 'num_train_steps', 'log_every_steps',
+              'eval_every_steps', 'ckpt_every_steps', 'max_to_keep',
+              'eval_batch_size', 'stats_examples', 'stats_batch_size')
+  for name in positive:
+    if config[name] < 1:
+      raise ValueError(f'config.{name} must be >= 1, got {config[name]}.')
+  if config.heatmap_example < 0:
+    raise ValueError(f'config.heatmap_example must be >= 0, got '
+                     f'{config.heatmap_example}.')
+  if config.stats_examples % config.stats_batch_size:
     raise ValueError(
-        f'config.seed_chunk={seed_chunk} runs the seeds in chunks on one '
-        f'device, but the {num_seeds} seeds are sharded over '
-        f'{len(devices)} devices: set config.seed_chunk=0.')
-  return shard
+        f'config.stats_examples={config.stats_examples} must be a multiple '
+        f'of config.stats_batch_size={config.stats_batch_size}.')
+  if config.data.seed_mode not in SEED_MODES:
+    raise ValueError(f'config.data.seed_mode must be one of {SEED_MODES}, '
+                     f'got {config.data.seed_mode!r}.')
+  _check_split_sizes(config, config.data.train_examples,
+                     config.data.test_examples)
 
 
-class SeedSteps:
-  """The seed-mapped, jitted steps over S replicas, sharded over devices.
+def _check_split_sizes(config: Any, train_size: int, test_size: int) -> None:
+  """The fields bounded by the split sizes (0: not known yet, unchecked)."""
+  if train_size and config.batch_size > train_size:
+    raise ValueError(f'config.batch_size={config.batch_size} exceeds the '
+                     f'{train_size} training examples.')
+  if test_size and config.stats_examples > test_size:
+    raise ValueError(f'config.stats_examples={config.stats_examples} exceeds '
+                     f'the {test_size} test examples.')
+  if test_size and config.heatmap_example >= test_size:
+    raise ValueError(f'config.heatmap_example={config.heatmap_example} must '
+                     f'be below the {test_size} test examples.')
 
-  seed_chunk 0 vmaps all S replicas at once (sharded over the devices when
-  there are several); seed_chunk c vmaps c at a time inside each step
-  (over_seeds), on one device.
+
+def check_config(config: Any) -> model_lib.ModelConfig:
+  """Every check that needs neither data nor compilation; raises ValueError.
+
+  main runs it before anything is read or written; tests run it on every
+  config file. Returns the validated model config.
   """
-
-  def __init__(self, model: nn.Module, optimizer, length: int,
-               num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0):
-    devices = jax.devices()
-    shard = sharded_over_devices(num_seeds, seed_chunk)
-    # Auto axes: XLA propagates the seed sharding through the vmapped steps.
-    mesh = jax.make_mesh((len(devices) if shard else 1,), ('seed',),
-                         devices=devices if shard else devices[:1],
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    self.seed_sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec('seed'))
-    self.replicated = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec())
-    self.causal = model.config.causal
-    self.batch_sharding = (self.seed_sharding if per_seed_batches
-                           else self.replicated)
-
-    def seeded(fn, per_seed_batch=False):
-      return over_seeds(fn, (True, per_seed_batch), seed_chunk)
-
-    init = functools.partial(init_state, model=model, optimizer=optimizer,
-                             length=length)
-    self.init = jax.jit(over_seeds(init, (True,), seed_chunk),
-                        out_shardings=self.seed_sharding)
-    self.train = jax.jit(
-        seeded(functools.partial(train_step, losses=objective(model.config)),
-               per_seed_batches),
-        donate_argnums=0)
-    self.eval = jax.jit(seeded(functools.partial(eval_step, model=model)))
-    self.stats = jax.jit(seeded(functools.partial(stats_step, model=model)))
-    self.maps = jax.jit(seeded(functools.partial(maps_step, model=model)))
-
-  def put_batch(self, batch: dict) -> dict:
-    return jax.device_put(batch, self.batch_sharding)
-
-  def put_shared(self, batch: dict) -> dict:
-    return jax.device_put(batch, self.replicated)
+  validate(config)
+  data.check_fields(config.data)
+  mcfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
+  steps_lib.make_optimizer(config.opt, config.num_train_steps)
+  steps_lib.sharded_over_devices(config.num_seeds, config.seed_chunk)
+  return mcfg
 
 
-def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
-  """Test metrics per replica over all eval batches.
+def _check_workdir_path(workdir: str) -> None:
+  """Raises if workdir cannot be a writable folder, before any work."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir} is a file, not a folder.')
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f'--workdir={workdir}: {existing} is not writable.')
 
-  Mean loss and accuracy; for the LM the mean next-token loss, perplexity =
-  exp(loss) and token accuracy, each over all real next tokens.
+
+def _versions() -> dict[str, str]:
+  return {name: importlib.metadata.version(name) for name in VERSIONED}
+
+
+def _summary_attention(stats_S: dict[str, np.ndarray]) -> dict:
+  """Per-seed attention entries: per-layer metrics, per-head and matrices."""
+  layer_S = attn_stats.per_layer(stats_S)
+  out = dict(layer_S)
+  for name, value in stats_S.items():
+    if name not in layer_S or value.shape != layer_S[name].shape:
+      out[name if name.endswith('_per_head') or name not in layer_S
+          else f'{name}_per_head'] = value
+  return out
+
+
+def _review_maps(steps, params, tokens_T: np.ndarray,
+                 pad_id: int) -> np.ndarray:
+  """probs_SNHTT of one review, cropped to its valid tokens."""
+  n = max(int((tokens_T != pad_id).sum()), 1)
+  probs_SNBHTT = jax.device_get(steps.maps(params,
+                                           steps.put_shared(tokens_T[None])))
+  return np.asarray(probs_SNBHTT)[:, :, 0, :, :n, :n]
+
+
+class ConfigError(ValueError):
+  """Bad input found before compilation: main prints it as one line."""
+
+
+def _prepare(config: Any, workdir: str, read_texts: Callable | None):
+  """The checks, then the data: returns (model config, dataset texts).
+
+  Writes nothing, so a run that fails here leaves the workdir as it was.
   """
-  total = None
-  for batch in batches:
-    sums = steps.eval(params, steps.put_shared(batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  total = jax.device_get(total)
-  loss = total['loss_sum'] / total['count']
-  accuracy = total['correct'] / total['count']
-  if steps.causal:
-    return {'loss': loss, 'perplexity': np.exp(loss),
-            'token_accuracy': accuracy}
-  return {'loss': loss, 'accuracy': accuracy}
+  try:
+    mcfg = check_config(config)
+    _check_workdir_path(workdir)
+    workdir_lib.check_workdir(workdir, workdir_lib.config_dict(config))
+    kwargs = {'read_texts': read_texts} if read_texts else {}
+    texts = data.read_dataset(config.data, **kwargs)
+    _check_split_sizes(config, len(texts.train), len(texts.test))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return mcfg, texts
 
 
-def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,
-                         batch_size: int) -> dict[str, np.ndarray]:
-  """Statistics per replica on a fixed sample, averaged over equal chunks."""
-  chunks = [jax.device_get(steps.stats(params, steps.put_shared(
-      tokens_BT[i:i + batch_size])))
-            for i in range(0, len(tokens_BT), batch_size)]
-  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)
+def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
+                       read_texts: Callable | None = None) -> dict:
+  """Trains config.num_seeds replicas in one vmapped step; returns summary.
+
+  Raises ConfigError for bad input before anything is compiled or written,
+  and data.DataMissingError when the dataset cannot be had.
+  """
+  start_time = time.time()
+  mcfg, texts = _prepare(config, workdir, read_texts)
+  cfg = workdir_lib.config_dict(config)
+  spec = mcfg.sharing.to_string()
+  seeds = [config.seed + i for i in range(config.num_seeds)]
+  optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
+  model = model_lib.make_model(mcfg)
+  per_seed = config.data.seed_mode == 'per_seed'
+  steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
+                          config.num_seeds, per_seed, config.seed_chunk)
+
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.write_config(workdir, cfg, {
+      'config_name': config_name, 'seeds': seeds, 'sharing': spec,
+      'versions': _versions(), 'devices': [str(d) for d in jax.devices()]})
+  try:
+    dataset = data.tokenize_dataset(texts, config.data, workdir)
+  except ValueError as e:  # A vocab_size that does not suit the texts.
+    raise ConfigError(str(e)) from e
+  batches = data.TrainBatches(dataset.train, config.batch_size,
+                              config.data.data_seed,
+                              seeds if per_seed else None)
+  stats_tokens = dataset.test.tokens[:config.stats_examples]
+  heatmap_tokens = dataset.test.tokens[config.heatmap_example]
+  heatmap_pieces = data.pieces(dataset.tokenizer, heatmap_tokens)
+
+  params_count = cost.param_counts(mcfg)
+  cost_summary = cost.summary(mcfg)
+  keys = steps_lib.seed_keys(seeds)
+  ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
+  history, diverged, wall_before = [], {}, 0.0
+  phase_s = dict.fromkeys(PHASES, 0.0)
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(jax.eval_shape(steps.init, keys))
+    history = meta['history']
+    diverged = {int(k): v for k, v in meta['diverged'].items()}
+    wall_before = meta['wall_time_s']
+    phase_s.update(meta.get('phase_s', {}))
+    logging.info('Resumed %s from step %d.', workdir, ckpt.latest_step())
+  else:
+    state = steps.init(keys)
+  first_step = int(jax.device_get(state.step)[0])
+
+  writers = writers_lib.SeedWriters(workdir, seeds)
+  if first_step == 0:
+    writers.write_hparams({'sharing': spec, 'num_seeds': config.num_seeds,
+                           **{f'params/{k}': v
+                              for k, v in params_count.items()}})
+  logging.info('Sharing %s; parameters %s; seeds %s.', spec, params_count,
+               seeds)
+
+  @contextlib.contextmanager
+  def timed(phase):
+    start = time.time()
+    yield
+    phase_s[phase] += time.time() - start
+
+  def write_summary(step, final_attention):
+    value = workdir_lib.summary(
+        config=cfg, config_name=config_name, sharing=spec, seeds=seeds,
+        params=params_count, cost=cost_summary, completed_steps=step,
+        wall_time_s=wall_before + time.time() - start_time, history=history,
+        diverged=diverged, final_attention=final_attention,
+        sparsity_thresholds=_threshold_descriptions(), phase_s=phase_s)
+    value = workdir_lib.jsonable(value)
+    workdir_lib.write_json(os.path.join(workdir, 'summary.json'), value)
+    return value
+
+  evals_left = len(evaluation_steps(config, first_step))
+  summary, window, window_steps = None, None, 0
+  window_start = time.time()
+  try:
+    with metric_writers.ensure_flushes(*writers.all):
+      for step in range(first_step + 1, config.num_train_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, m_S = steps.train(state, steps.put_batch(batches(step - 1)))
+        window = m_S if window is None else jax.tree.map(jnp.add, window, m_S)
+        window_steps += 1
+        if step == first_step + 1:  # Says at once that training runs.
+          jax.block_until_ready(m_S)
+          logging.info('Step %d took %s, compilation included; progress is '
+                       'logged every %d steps.', step,
+                       format_seconds(time.time() - window_start),
+                       config.log_every_steps)
+        last = step == config.num_train_steps
+        evaluates = last or step % config.eval_every_steps == 0
+        saves = last or step % config.ckpt_every_steps == 0
+        # Every evaluation and checkpoint step also ends a logging window,
+        # so a resumed run logs the same windows as an uninterrupted one.
+        if step % config.log_every_steps and not evaluates and not saves:
+          continue
+        train_S = {k: v / window_steps
+                   for k, v in jax.device_get(window).items()}
+        seconds = time.time() - window_start
+        phase_s['train'] += seconds
+        flag_nonfinite(train_S['loss'], step, diverged, seeds,
+                        config.halt_on_nonfinite)
+        writers.write_scalars(step, {f'train/{k}': v
+                                     for k, v in train_S.items()})
+        examples_per_s = (window_steps * config.batch_size * config.num_seeds
+                          / seconds)
+        writers.agg.write_scalars(step, {
+            'train/examples_per_sec': examples_per_s})
+        evals_done = len(history)
+        eval_s = ((phase_s['eval'] + phase_s['attention_stats']) / evals_done
+                  if evals_done else 0.0)
+        logging.info(
+            'step %d/%d: train loss %.4f (mean over seeds), %.2f steps/s '
+            '(%.0f examples/s); ETA %s', step, config.num_train_steps,
+            float(np.nanmean(train_S['loss'])), window_steps / seconds,
+            examples_per_s, format_seconds(
+                (config.num_train_steps - step) * seconds / window_steps
+                + evals_left * eval_s))
+
+        if evaluates:
+          evals_left -= 1
+          with timed('eval'):
+            test_S = steps_lib.evaluate(steps, state.params, data.eval_batches(
+                dataset.test, config.eval_batch_size))
+          with timed('attention_stats'):
+            stats_S = steps_lib.attention_statistics(
+                steps, state.params, stats_tokens, config.stats_batch_size)
+            maps_SNHTT = _review_maps(steps, state.params, heatmap_tokens,
+                                   data.PAD_ID)
+          attention_S = _summary_attention(stats_S)
+          layer_S = attn_stats.per_layer(stats_S)
+          writers.write_scalars(step, {f'test/{k}': v
+                                       for k, v in test_S.items()})
+          writers.write_scalars(step, writers_lib.flatten_layers(layer_S))
+          writers.write_scalars(step, writers_lib.flatten_layers(
+              {k: v for k, v in stats_S.items() if v.ndim == 3
+               and k in attn_stats.PER_LAYER_METRICS}), aggregate=False)
+          _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces, seeds,
+                          figures.review_title(
+                              dataset.test.labels[config.heatmap_example],
+                              config.get('task', 'classify'),
+                              config.data.dataset))
+          history.append({
+              'step': step, 'train_loss': train_S['loss'],
+              **{f'test_{k}': v for k, v in test_S.items()},
+              'attention': {k: layer_S[k]
+                            for k in attn_stats.PER_LAYER_METRICS}})
+          if last:  # Before the summary that says the run is finished.
+            workdir_lib.write_npz(os.path.join(workdir, 'attention_maps.npz'),
+                              probs=maps_SNHTT,
+                              pieces=np.array(heatmap_pieces),
+                              label=dataset.test.labels[
+                                  config.heatmap_example],
+                              step=step)
+          summary = write_summary(step, attention_S)
+        if saves:
+          with timed('checkpoints'):
+            ckpt.save(step, state, {
+                'seeds': seeds, 'sharing': spec,
+                'history': workdir_lib.jsonable(history), 'diverged': diverged,
+                'wall_time_s': wall_before + time.time() - start_time,
+                'phase_s': phase_s,
+                'config_hash': workdir_lib.config_hash(cfg)})
+        window, window_steps, window_start = None, 0, time.time()
+  finally:
+    ckpt.close()
+    writers.close()
+  if summary is None:  # Resumed after the last step: nothing left to do.
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      summary = json.load(f)
+  logging.info('%s', closing_line(summary, workdir))
+  return summary
+
+
+def format_seconds(seconds: float) -> str:
+  """'1h02m', '4m05s', '12s'."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
+
+
+def evaluation_steps(config: Any, after: int = 0) -> list[int]:
+  """The steps after `after` at which the run evaluates."""
+  return [s for s in range(after + 1, config.num_train_steps + 1)
+          if s % config.eval_every_steps == 0 or s == config.num_train_steps]
+
+
+def closing_line(summary: dict, workdir: str) -> str:
+  """The last line of a run: its test metrics, wall time and outputs."""
+  kept = [e for e in summary['per_seed'] if not e['diverged']]
+  metrics = [k for k in summary['per_seed'][0] if k.startswith('test_')]
+  parts = []
+  for name in metrics:
+    values = np.array([e[name] for e in kept if e[name] is not None], float)
+    if values.size:
+      parts.append(f'{name.removeprefix("test_").replace("_", " ")} '
+                   f'{values.mean():.4f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.4f}')
+  diverged = len(summary['per_seed']) - len(kept)
+  seeds = f'{len(kept)} seeds' + (f' ({diverged} diverged, left out)'
+                                  if diverged else '')
+  state = ('Finished' if summary['finished'] else
+           f'Stopped at step {summary["completed_steps"]} of')
+  return (f'{state} {summary["num_train_steps"]} steps in '
+          f'{format_seconds(summary["wall_time_s"])}: test '
+          f'{", ".join(parts) or "metrics unavailable"} (mean ± sd over '
+          f'{seeds}). Summary: {os.path.join(workdir, "summary.json")}; '
+          f'TensorBoard: tensorboard --logdir {os.path.join(workdir, "tb")}')
+
+
+def _threshold_descriptions() -> dict[str, str]:
+  return {name: f'weight < {value:g}' + ('/n' if kind == 'relative' else '')
+          for name, kind, value in attn_stats.SPARSITY_THRESHOLDS}
+
+
+def flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:
+  for i in np.flatnonzero(~np.isfinite(loss_S)):
+    if int(i) not in diverged:
+      diverged[int(i)] = step
+      logging.warning('Replica %d (seed %d) has a non-finite loss by step %d;'
+                      ' it is flagged in summary.json and the others go on.',
+                      i, seeds[i], step)
+      if halt:
+        raise FloatingPointError(
+            f'seed {seeds[i]}: non-finite loss by step {step} '
+            '(config.halt_on_nonfinite=True).')
+
+
+def _write_heatmaps(writers, step, maps_SNHTT, pieces, seeds,
+                    review: str) -> None:
+  """One layers x heads image per replica, titled with its seed and review."""
+  images = [figures.attention_heatmap_image(m, pieces, f'seed {s}: {review}')
+            for s, m in zip(seeds, maps_SNHTT)]
+  writers.write_images(step, images, writers_lib.HEATMAP_TAG)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import cost
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
@@ -80,8 +80,8 @@ def test_all_shared_block_exists_once_and_sums_layer_gradients():
 
 def test_grid_configs_share_what_albert_table_4_says():
   counts = {}
-  for variant, components in config_utils.ALBERT_VARIANTS.items():
-    config = config_utils.load_config(
+  for variant, components in configs.ALBERT_VARIANTS.items():
+    config = configs.load_config(
         f'{CONFIGS}/albert_grid.py:tiny,variant={variant}')
     cfg = model_lib.model_config(config, config.data.vocab_size, 0)
     assert cfg.sharing.components == sharing.parse_components(components)

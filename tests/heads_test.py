@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
 
@@ -154,8 +154,8 @@ def test_stored_heads_exist_once():
 
 
 def test_mqa_is_gqa_with_one_group():
-  mqa = config_utils.load_config(f'{CONFIGS}/mqa.py:tiny')
-  gqa = config_utils.load_config(f'{CONFIGS}/gqa.py:tiny,groups=1')
+  mqa = configs.load_config(f'{CONFIGS}/mqa.py:tiny')
+  gqa = configs.load_config(f'{CONFIGS}/gqa.py:tiny,groups=1')
   specs = [model_lib.model_config(c, 64, 0).sharing for c in (mqa, gqa)]
   assert specs[0] == specs[1]
   assert specs[0].head_index('key') == (0,) * mqa.model.num_heads

@@ -44,5 +44,5 @@ def test_cpu_size_learns_real_imdb_through_the_command_line(tmp_path):
   # The libraries' INFO chatter (orbax, tfds, jax) is left out by default.
   info_sources = {line.split()[3].split(':')[0] for line in log
                   if line.startswith('I')}
-  assert info_sources <= {'main.py', 'data.py', 'loop.py',
+  assert info_sources <= {'main.py', 'data.py', 'train.py',
                           'logging_writer.py'}, info_sources

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import cost
-from jax_attnshare import loop
+from jax_attnshare import train
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
-from jax_attnshare import train
+from jax_attnshare import steps as steps_lib
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -61,7 +61,7 @@ def test_next_token_loss_ignores_padding():
   short = {'tokens': TOKENS[:1, :5], 'labels': jnp.zeros(1, jnp.int32),
            'weights': jnp.ones(1)}
   padded = {**short, 'tokens': TOKENS[:1]}  # The same review, 3 pads more.
-  step = jax.jit(train.eval_step, static_argnums=2)
+  step = jax.jit(steps_lib.eval_step, static_argnums=2)
   sums = [step(params, b, model) for b in (short, padded)]
   assert float(sums[0]['count']) == float(sums[1]['count']) == 4
   np.testing.assert_allclose(sums[0]['loss_sum'], sums[1]['loss_sum'],
@@ -75,8 +75,8 @@ def test_next_token_loss_ignores_padding():
 def test_tiny_lm_run_reports_perplexity_and_cost(tmp_path, fake_texts):
   jax.config.update('jax_disable_most_optimizations', True)
   try:
-    config = config_utils.load_config(f'{CONFIGS}/lm.py:tiny,sa=2,kv_heads=1')
-    summary = loop.train_and_evaluate(config, str(tmp_path / 'lm'),
+    config = configs.load_config(f'{CONFIGS}/lm.py:tiny,sa=2,kv_heads=1')
+    summary = train.train_and_evaluate(config, str(tmp_path / 'lm'),
                                       'lm.py:tiny,sa=2,kv_heads=1',
                                       read_texts=fake_texts)
   finally:

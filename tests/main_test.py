@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import cost
-from jax_attnshare import loop
-from jax_attnshare import posthoc_eval
+from jax_attnshare import train
+from jax_attnshare.posthoc import study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -55,13 +55,13 @@ def _cases():
 def test_every_documented_config_passes_the_checks_main_runs(path, arg):
   """Each size and variant passes; a variant too big for the tiny model
   (e.g. SA layers 2-3 of a 3-layer LM) is refused naming the field."""
-  config = config_utils.load_config(f'{path}:{arg}' if arg else path)
+  config = configs.load_config(f'{path}:{arg}' if arg else path)
   if 'model' not in config:  # A post-hoc study config.
-    posthoc_eval.check_config(config)
+    study.check_config(config)
     return
   size = next((s for s in ('cpu', 'tiny') if s in arg.split(',')), '')
   try:
-    model_config = loop.check_config(config)
+    model_config = train.check_config(config)
   except ValueError as e:
     assert size == 'tiny' and str(e).startswith('config.'), e
     return
@@ -82,15 +82,15 @@ def test_every_documented_arg_has_a_command_in_the_docstring(path):
 
 
 def test_full_size_evaluates_fifteen_times_over_the_blog_schedule():
-  config = config_utils.load_config(
+  config = configs.load_config(
       os.path.join(ROOT, 'configs', 'kv_share.py'))
   assert config.num_train_steps == 11_715
-  assert len(loop.evaluation_steps(config)) == 15
+  assert len(train.evaluation_steps(config)) == 15
 
 
 def test_unknown_config_arg_raises():
   with pytest.raises(ValueError, match='unknown'):
-    config_utils.load_config(CONFIGS[0] + ':gpu')
+    configs.load_config(CONFIGS[0] + ':gpu')
 
 
 def _main(tmp_path, *args):
@@ -136,5 +136,5 @@ def test_bad_input_is_one_line_and_exit_status_two(tmp_path, override,
 def test_help_shows_the_config_args_and_overrides(tmp_path):
   result = _main(tmp_path, '--help')
   for text in ('cpu', 'tiny', 'seeds=N', '--config.FIELD=VALUE',
-               'variant=', 'config_utils.py'):
+               'variant=', 'configs.py'):
     assert text in result.stdout

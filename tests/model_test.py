@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jax_attnshare import attn_stats
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import cost
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
@@ -40,7 +40,7 @@ def _count(tree):
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
-ALL_CONDITIONS = sorted(config_utils.BLOG_CONDITIONS.items())
+ALL_CONDITIONS = sorted(configs.BLOG_CONDITIONS.items())
 
 
 @pytest.mark.parametrize('condition,components', ALL_CONDITIONS)
@@ -201,14 +201,14 @@ def test_default_embedding_init_is_flax_and_fix_touches_only_embeddings():
 
 @pytest.mark.parametrize('value', [-1.0, float('nan'), float('inf')])
 def test_invalid_embedding_init_std_raises_naming_the_field(value):
-  config = config_utils.classifier_config('kv', 'tiny')
+  config = configs.classifier_config('kv', 'tiny')
   config.model.embedding_init_std = value
   with pytest.raises(ValueError, match=r'config\.model\.embedding_init_std'):
     model_lib.model_config(config, config.data.vocab_size, 0)
 
 
 def test_embedding_init_std_reaches_the_model_and_defaults_to_flax():
-  config = config_utils.classifier_config('kv', 'tiny')
+  config = configs.classifier_config('kv', 'tiny')
   assert model_lib.model_config(config, 64, 0).embedding_init_std == 0.0
   config.model.embedding_init_std = 1.0
   assert model_lib.model_config(config, 64, 0).embedding_init_std == 1.0

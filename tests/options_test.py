@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 from jax_attnshare import model as model_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
@@ -16,7 +16,7 @@ OPTION_CONFIGS = ('gqa', 'mqa', 'head_map', 'shared_weight',
 
 
 def _model_config(spec: str, **overrides):
-  config = config_utils.load_config(spec)
+  config = configs.load_config(spec)
   for dotted, value in overrides.items():
     group, field = dotted.split('.')
     config[group][field] = value
@@ -26,7 +26,7 @@ def _model_config(spec: str, **overrides):
 def test_option_configs_exist_and_name_their_variant():
   for name in OPTION_CONFIGS:
     assert os.path.exists(f'{CONFIGS}/{name}.py')
-  names = {config_utils.load_config(s).name for s in (
+  names = {configs.load_config(s).name for s in (
       f'{CONFIGS}/lm.py:cpu', f'{CONFIGS}/lm.py:cpu,sa=2-3',
       f'{CONFIGS}/lm.py:cpu,cla=2,kv_heads=1', f'{CONFIGS}/gqa.py:share=kv',
       f'{CONFIGS}/albert_grid.py:variant=ffn')}
@@ -74,12 +74,12 @@ def test_invalid_options_raise_naming_the_field(overrides, match):
 
 
 def test_unknown_task_and_albert_variant_raise():
-  config = config_utils.load_config(f'{CONFIGS}/lm.py:tiny')
+  config = configs.load_config(f'{CONFIGS}/lm.py:tiny')
   config.task = 'translate'
   with pytest.raises(ValueError, match=r'config\.task'):
     model_lib.model_config(config, 64, 0)
   with pytest.raises(ValueError, match='variant'):
-    config_utils.load_config(f'{CONFIGS}/albert_grid.py:variant=half')
+    configs.load_config(f'{CONFIGS}/albert_grid.py:variant=half')
 
 
 @pytest.mark.parametrize('make_folder', [False, True])

@@ -5,9 +5,9 @@ import numpy as np
 
 from jax_attnshare import attn_stats
 from jax_attnshare import model as model_lib
-from jax_attnshare import posthoc
-from jax_attnshare import probe
-from jax_attnshare import redundancy
+from jax_attnshare.posthoc import methods
+from jax_attnshare.posthoc import probe
+from jax_attnshare.posthoc import redundancy
 from jax_attnshare import sharing
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -62,8 +62,8 @@ def test_weight_tables_list_each_replaceable_head_per_strategy():
   params = model_lib.Classifier(cfg).init(
       jax.random.key(0), np.ones((1, T), np.int32))['params']
   cos, matches = redundancy.weight_tables(params, cfg)
-  assert set(cos) == set(posthoc.STRATEGIES)
-  assert len(matches) == (N - 1) * H * len(posthoc.STRATEGIES)
+  assert set(cos) == set(methods.STRATEGIES)
+  assert len(matches) == (N - 1) * H * len(methods.STRATEGIES)
   assert (matches['match_layer'] < matches['layer']).all()
 
 

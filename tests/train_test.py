@@ -1,183 +1,176 @@
-"""Seed-vmapped steps: replica i equals a single run with seed i."""
+"""End to end: a tiny run writes its workdir, resumes exactly, refuses others."""
 
+import glob
+import json
 import os
-import subprocess
-import sys
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
-from jax_attnshare import model as model_lib
-from jax_attnshare import sharing
+from jax_attnshare import configs
+from jax_attnshare import data
 from jax_attnshare import train
 
-jax.config.update('jax_numpy_rank_promotion', 'raise')
-
-S, B, T, V = 3, 4, 8, 30
-SEEDS = [7, 11, 12]
+# Tiny models: compile time dominates, so let XLA skip most optimizations.
+jax.config.update('jax_disable_most_optimizations', True)
 
 
-def _model():
-  spec = sharing.SharingSpec(num_layers=2, components=('key',),
-                             layer_groups=((0, 1),))
-  return model_lib.Classifier(model_lib.ModelConfig(
-      vocab_size=V, max_length=T, sharing=spec, width=16, num_layers=2,
-      num_heads=2, ffn_width=32, dropout_rate=0.1))
+def _config(condition='kv'):
+  return configs.classifier_config(condition, 'tiny')
 
 
-def _opt(**kw):
-  base = dict(name='adamw', learning_rate=1e-2, warmup_steps=2,
-              schedule='cosine', weight_decay=0.01, clip_norm=1.0, b1=0.9,
-              b2=0.999)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+def _summary(workdir):
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    return json.load(f)
 
 
-def _batch(rng, shape):
-  tokens = rng.integers(1, V, size=shape + (T,)).astype(np.int32)
-  tokens[..., T - 2:] = 0  # Some padding.
-  return {'tokens': tokens,
-          'labels': rng.integers(0, 2, size=shape).astype(np.int32)}
+def test_tiny_run_writes_workdir(tmp_path, fake_texts):
+  workdir = str(tmp_path / 'kv')
+  summary = train.train_and_evaluate(_config(), workdir, 'kv_share.py:tiny',
+                                    read_texts=fake_texts)
+  assert summary == _summary(workdir)
+  assert summary['finished'] and summary['completed_steps'] == 6
+  assert summary['sharing'] == 'key,value@all'
+  assert [h['step'] for h in summary['history']] == [3, 6]
+  assert len(summary['per_seed']) == 2
+  seed0 = summary['per_seed'][0]
+  assert 0.0 <= seed0['test_accuracy'] <= 1.0
+  assert set(seed0['params']) == {'total', 'attention', 'embeddings',
+                                  'shared'}
+  assert len(seed0['attention']['entropy']) == 2
+  assert len(seed0['attention']['js_adjacent']) == 1
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config_json = json.load(f)
+  assert config_json['seeds'] == [0, 1]
+  assert config_json['config']['sharing']['components'] == 'key,value'
+  for run in ('agg', 'seed_00', 'seed_01'):
+    assert glob.glob(os.path.join(workdir, 'tb', run, 'events.out.*'))
+  maps = np.load(os.path.join(workdir, 'attention_maps.npz'))
+  n = len(maps['pieces'])
+  assert maps['probs'].shape == (2, 2, 2, n, n)
+  assert os.path.exists(os.path.join(workdir, 'tokenizer', 'spm.model'))
 
 
-# seed_chunk 0: one vmap over the 3 seeds; 2: chunks of 2 and 1 in turn
-# (with per-seed batches, which the chunks must slice with the states; a
-# shared batch through chunks is covered by the eval test below).
-@pytest.mark.parametrize('per_seed,seed_chunk',
-                         [(False, 0), (True, 0), (True, 2)])
-def test_replica_equals_single_seed_run(per_seed, seed_chunk):
-  model, optimizer = _model(), train.make_optimizer(_opt(), 10)
-  steps = train.SeedSteps(model, optimizer, T, S, per_seed_batches=per_seed,
-                          seed_chunk=seed_chunk)
-  rng = np.random.default_rng(0)
-  batches = [_batch(rng, (S, B) if per_seed else (B,)) for _ in range(3)]
-  state = steps.init(train.seed_keys(SEEDS))
-  for batch in batches:
-    state, metrics_S = steps.train(state, steps.put_batch(batch))
-  assert metrics_S['loss'].shape == (S,)
-  single_step = jax.jit(train.train_step)
-  for i, seed in enumerate(SEEDS):
-    single = train.init_state(jax.random.key(seed), model, optimizer, T)
-    for batch in batches:
-      single, metrics = single_step(
-          single, jax.tree.map(lambda x: x[i], batch) if per_seed else batch)
-    np.testing.assert_allclose(metrics_S['loss'][i], metrics['loss'],
-                               rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(state.params),
-                         jax.tree.leaves(single.params)):
-      np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
+                                               monkeypatch):
+  straight = train.train_and_evaluate(_config(), str(tmp_path / 'a'),
+                                     read_texts=fake_texts)
+  workdir = str(tmp_path / 'b')
+  real_batch = data.TrainBatches.__call__
+
+  def crash_at_step_5(self, step):
+    if step == 4:  # 0-based: the fifth update, after the step-3 checkpoint.
+      raise KeyboardInterrupt
+    return real_batch(self, step)
+
+  monkeypatch.setattr(data.TrainBatches, '__call__', crash_at_step_5)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  crashed = _summary(workdir)
+  assert not crashed['finished'] and crashed['completed_steps'] == 3
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+  monkeypatch.setattr(data.TrainBatches, '__call__', real_batch)
+  # Resumed with the seeds one at a time in each step (an operational field:
+  # the same replicas as the vmapped run).
+  chunked = _config()
+  chunked.seed_chunk = 1
+  resumed = train.train_and_evaluate(chunked, workdir, read_texts=fake_texts)
+  assert resumed['finished']
+  for key in ('history', 'per_seed'):
+    np.testing.assert_allclose(_numbers(resumed[key]),
+                               _numbers(straight[key]), rtol=1e-5, atol=1e-6)
+  # Rerunning a finished workdir changes nothing.
+  again = train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  assert again['history'] == resumed['history']
 
 
-def test_seed_chunks_give_the_vmapped_eval_and_statistics():
-  model, optimizer = _model(), train.make_optimizer(_opt(), 10)
-  vmapped, chunked = (train.SeedSteps(model, optimizer, T, S, False, chunk)
-                      for chunk in (0, 2))
-  params = vmapped.init(train.seed_keys(SEEDS)).params
-  tokens = _batch(np.random.default_rng(1), (B,))['tokens']
-  batch = {'tokens': tokens, 'labels': np.ones(B, np.int32),
-           'weights': np.ones(B, np.float32)}
-  for name in ('eval', 'stats', 'maps'):
-    args = (params, batch if name == 'eval' else tokens)
-    for got, want in zip(jax.tree.leaves(getattr(chunked, name)(*args)),
-                         jax.tree.leaves(getattr(vmapped, name)(*args))):
-      assert got.shape[0] == S
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+def _numbers(tree):
+  if isinstance(tree, dict):
+    return [x for k in sorted(tree) for x in _numbers(tree[k])]
+  if isinstance(tree, list):
+    return [x for v in tree for x in _numbers(v)]
+  if isinstance(tree, bool) or tree is None:
+    return []
+  return [float(tree)]
 
 
-def test_negative_seed_chunk_names_the_field():
-  with pytest.raises(ValueError, match='config.seed_chunk'):
-    train.SeedSteps(_model(), train.make_optimizer(_opt(), 10), T, S, False,
-                    seed_chunk=-1)
+def test_different_experiment_in_workdir_is_refused(tmp_path, fake_texts):
+  workdir = str(tmp_path / 'w')
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({'config': json.loads(_config('k').to_json())}, f)
+  with pytest.raises(ValueError, match='config.sharing.components'):
+    train.train_and_evaluate(_config('kv'), workdir, read_texts=fake_texts)
 
 
-def test_seed_keys_are_the_single_seed_keys_and_differ():
-  keys = train.seed_keys(SEEDS)
-  for i, seed in enumerate(SEEDS):
-    np.testing.assert_array_equal(jax.random.key_data(keys[i]),
-                                  jax.random.key_data(jax.random.key(seed)))
-  model, optimizer = _model(), train.make_optimizer(_opt(), 10)
-  state = jax.vmap(lambda k: train.init_state(k, model, optimizer, T))(keys)
-  kernel = state.params['encoder']['shared_key_g0']['kernel']
-  assert not np.allclose(kernel[0], kernel[1])
+@pytest.mark.parametrize('field,value,match', [
+    ('stats_examples', 7, 'config.stats_batch_size'),
+    ('num_seeds', 0, 'config.num_seeds'),
+])
+def test_bad_loop_fields_raise_before_anything_runs(tmp_path, field, value,
+                                                    match):
+  config = _config()
+  config[field] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / 'x'),
+                            read_texts=pytest.fail)
 
 
-def test_overfits_one_batch():
-  model, optimizer = _model(), train.make_optimizer(
-      _opt(warmup_steps=0, schedule='constant'), 30)
-  state = train.init_state(jax.random.key(0), model, optimizer, T)
-  batch = _batch(np.random.default_rng(1), (B,))
-  step = jax.jit(train.train_step)
-  losses = []
-  for _ in range(30):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics['loss']))
-  assert losses[-1] < 0.2 * losses[0]
+@pytest.mark.parametrize('field,value,match', [
+    ('batch_size', 65, 'config.batch_size=65 exceeds the 64 training'),
+    ('heatmap_example', 32, 'config.heatmap_example=32 must be below the 32'),
+])
+def test_check_on_the_data_fails_before_anything_is_written(
+    tmp_path, fake_texts, field, value, match):
+  config = _config()
+  config[field] = value
+  workdir = tmp_path / 'x'
+  with pytest.raises(train.ConfigError, match=match):
+    train.train_and_evaluate(config, str(workdir), read_texts=fake_texts)
+  assert not workdir.exists()
+  # The corrected command then runs in the same workdir.
+  assert train.train_and_evaluate(_config(), str(workdir),
+                                 read_texts=fake_texts)['finished']
 
 
-def test_eval_step_ignores_padding_rows():
-  model = _model()
-  params = model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))[
-      'params']
-  batch = _batch(np.random.default_rng(2), (B,))
-  weights = np.array([1, 1, 0, 0], np.float32)
-  out = train.eval_step(params, {**batch, 'weights': weights}, model)
-  half = {k: v[:2] for k, v in batch.items()}
-  ref = train.eval_step(params, {**half, 'weights': weights[:2]}, model)
-  for key in ('loss_sum', 'correct', 'count'):
-    np.testing.assert_allclose(out[key], ref[key], rtol=1e-5)
+def test_windows_end_at_evaluations_that_are_not_logging_steps(
+    tmp_path, fake_texts):
+  config = _config()
+  config.num_train_steps = 7
+  config.log_every_steps = 3
+  config.eval_every_steps = 5
+  config.ckpt_every_steps = 7
+  summary = train.train_and_evaluate(config, str(tmp_path / 'w'),
+                                    read_texts=fake_texts)
+  assert [h['step'] for h in summary['history']] == [5, 7]
+  assert train.evaluation_steps(config) == [5, 7]
+  assert train.evaluation_steps(config, after=5) == [7]
+  assert set(summary['phase_s']) == set(train.PHASES)
+  line = train.closing_line(summary, 'WD')
+  accuracies = np.array([s['test_accuracy'] for s in summary['per_seed']])
+  assert line.startswith('Finished 7 steps in ')
+  assert (f'accuracy {accuracies.mean():.4f} ± '
+          f'{accuracies.std(ddof=1):.4f}') in line
+  assert 'over 2 seeds' in line and 'WD/summary.json' in line
 
 
-@pytest.mark.parametrize('field,value', [
-    ('name', 'sgd'), ('schedule', 'step'), ('warmup_steps', 11)])
-def test_bad_optimizer_fields_name_the_field(field, value):
-  with pytest.raises(ValueError, match=f'config.opt.{field}'):
-    train.make_optimizer(_opt(**{field: value}), 10)
+def test_bad_model_field_raises_before_data(tmp_path):
+  config = _config()
+  config.model.num_heads = 3
+  with pytest.raises(ValueError, match='config.model.num_heads'):
+    train.train_and_evaluate(config, str(tmp_path / 'x'),
+                            read_texts=pytest.fail)
 
 
-_TWO_DEVICE_SCRIPT = '''
-import jax, numpy as np
-from jax_attnshare import model as model_lib, sharing, train
-import ml_collections
-assert jax.device_count() == 2
-spec = sharing.SharingSpec(num_layers=1, components=("key",),
-                           layer_groups=((0,),))
-model = model_lib.Classifier(model_lib.ModelConfig(
-    vocab_size=20, max_length=8, sharing=spec, width=8, num_layers=1,
-    num_heads=2, ffn_width=16))
-opt = train.make_optimizer(ml_collections.ConfigDict(dict(
-    name="adam", learning_rate=1e-2, warmup_steps=0, schedule="constant",
-    weight_decay=0.0, clip_norm=1.0, b1=0.9, b2=0.999)), 5)
-batch = {"tokens": np.arange(1, 17, dtype=np.int32).reshape(2, 8),
-         "labels": np.array([0, 1], np.int32)}
-steps = train.SeedSteps(model, opt, 8, 4, per_seed_batches=False)
-state = steps.init(train.seed_keys([0, 1, 2, 3]))
-state, _ = steps.train(state, steps.put_batch(batch))
-kernel = state.params["encoder"]["shared_key_g0"]["kernel"]
-assert len(kernel.sharding.device_set) == 2, kernel.sharding
-single = train.init_state(jax.random.key(3), model, opt, 8)
-single, _ = jax.jit(train.train_step)(single, batch)
-np.testing.assert_allclose(
-    kernel[3], single.params["encoder"]["shared_key_g0"]["kernel"],
-    rtol=1e-5, atol=1e-6)
-try:  # Chunks of seeds run on one device; here the seeds are sharded.
-  train.SeedSteps(model, opt, 8, 4, per_seed_batches=False, seed_chunk=1)
-except ValueError as e:
-  assert "config.seed_chunk=0" in str(e), e
-else:
-  raise AssertionError("seed_chunk with sharded seeds did not raise")
-print("sharded ok")
-'''
-
-
-def test_seed_axis_is_sharded_over_devices():
-  """With two (simulated) devices, replicas split across them, unchanged."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT],
-                          env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-  assert 'sharded ok' in result.stdout, result.stderr[-3000:]
+def test_nonfinite_replica_is_flagged_and_others_go_on():
+  diverged = {}
+  train.flag_nonfinite(np.array([0.5, np.nan, np.inf]), 10, diverged,
+                      [4, 5, 6], halt=False)
+  assert diverged == {1: 10, 2: 10}
+  train.flag_nonfinite(np.array([np.nan, np.nan, np.inf]), 20, diverged,
+                      [4, 5, 6], halt=False)
+  assert diverged == {0: 20, 1: 10, 2: 10}
+  with pytest.raises(FloatingPointError, match='seed 4'):
+    train.flag_nonfinite(np.array([np.nan]), 1, {}, [4], halt=True)

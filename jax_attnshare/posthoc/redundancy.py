@@ -3,7 +3,7 @@
 Two views, on any model whose layers hold their own attention heads:
 
 * Weights: the cosine between per-head weight vectors for each DirectShare
-  strategy (posthoc.STRATEGIES; 'qk' = W_Q‖W_K), with each head's best match
+  strategy (methods.STRATEGIES; 'qk' = W_Q‖W_K), with each head's best match
   in an earlier layer.
 * Attention maps over a sample of real text: JS divergence and cosine
   between every two heads of any two layers (attn_stats.head_pair_similarity),
@@ -28,15 +28,15 @@ import pandas as pd
 
 from jax_attnshare import attn_stats
 from jax_attnshare import model as model_lib
-from jax_attnshare import posthoc
-from jax_attnshare import posthoc_figures
-from jax_attnshare import train
+from jax_attnshare.posthoc import methods
+from jax_attnshare.posthoc import figures as posthoc_figures
+from jax_attnshare import steps as steps_lib
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _pair_step(params, tokens_BT, cfg):
   model = model_lib.make_model(cfg)
-  probs_NBHTT = train.maps_step(params, tokens_BT, model)
+  probs_NBHTT = steps_lib.maps_step(params, tokens_BT, model)
   return attn_stats.head_pair_similarity(probs_NBHTT, tokens_BT != cfg.pad_id)
 
 
@@ -71,11 +71,11 @@ def layer_tables(pairs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def weight_tables(params: Any, cfg: model_lib.ModelConfig
                   ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
   """Cosine matrices per strategy and each head's best earlier match."""
-  cos = {s: posthoc.weight_similarity(params, cfg, s)
-         for s in posthoc.STRATEGIES}
+  cos = {s: methods.weight_similarity(params, cfg, s)
+         for s in methods.STRATEGIES}
   rows = []
   for strategy, cos_LHLH in cos.items():
-    layer_LH, head_LH, value_LH = posthoc.best_matches(cos_LHLH)
+    layer_LH, head_LH, value_LH = methods.best_matches(cos_LHLH)
     for (l, h), value in np.ndenumerate(value_LH):
       if l:
         rows.append({'strategy': strategy, 'layer': l, 'head': h,
@@ -109,7 +109,7 @@ def analyze(params: Any, cfg: model_lib.ModelConfig, tokens_BT: np.ndarray,
     'layers' ([N, N] tables of layer_tables), 'pairs' (head-pair JS and
     cosine) and 'weights' (cosine matrices per strategy).
   """
-  posthoc.check_unshared(cfg)
+  methods.check_unshared(cfg)
   out_dir = os.path.join(workdir, 'redundancy')
   os.makedirs(out_dir, exist_ok=True)
   pairs = map_similarity(params, cfg, tokens_BT, batch_size)

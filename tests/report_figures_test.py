@@ -1,4 +1,4 @@
-"""Tests for jax_attnshare.figures: files are written, the image is fast."""
+"""Tests for jax_attnshare.report.figures: files are written, the image is fast."""
 
 import pathlib
 import tempfile
@@ -14,7 +14,7 @@ from matplotlib import pyplot as plt
 import numpy as np
 import pandas as pd
 
-from jax_attnshare import figures
+from jax_attnshare.report import figures
 
 
 def _probs(n, h, t, seed=0):

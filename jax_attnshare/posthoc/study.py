@@ -1,8 +1,8 @@
 r"""Post-hoc sharing study of one model: analysis, then a sweep of methods.
 
-  python -m jax_attnshare.posthoc_eval \
+  python -m jax_attnshare.posthoc \
       --config=configs/posthoc_minilm.py:cpu --workdir=runs/posthoc_minilm
-  python -m jax_attnshare.posthoc_eval \
+  python -m jax_attnshare.posthoc \
       --config=configs/posthoc_trained.py:cpu \
       --config.source_workdir=runs/none --workdir=runs/posthoc_none
 
@@ -36,12 +36,9 @@ from __future__ import annotations
 import functools
 import os
 
-from absl import app
-from absl import flags
 from absl import logging
 from clu import metric_writers
 import jax
-from ml_collections import config_flags
 import numpy as np
 import pandas as pd
 
@@ -49,15 +46,15 @@ from jax_attnshare import cost
 from jax_attnshare import data
 from jax_attnshare import lisa
 from jax_attnshare import model as model_lib
-from jax_attnshare import posthoc
-from jax_attnshare import posthoc_figures
-from jax_attnshare import posthoc_sources
-from jax_attnshare import posthoc_train
-from jax_attnshare import pretrained
-from jax_attnshare import probe
-from jax_attnshare import redundancy
-from jax_attnshare import results
-from jax_attnshare import train
+from jax_attnshare.posthoc import methods
+from jax_attnshare.posthoc import figures as posthoc_figures
+from jax_attnshare.posthoc import sources
+from jax_attnshare.posthoc import finetune
+from jax_attnshare.posthoc import hf_bert
+from jax_attnshare.posthoc import probe
+from jax_attnshare.posthoc import redundancy
+from jax_attnshare import workdir as workdir_lib
+from jax_attnshare import steps as steps_lib
 
 
 def forward_flops(cfg: model_lib.ModelConfig, length: int) -> int:
@@ -77,8 +74,8 @@ def forward_flops(cfg: model_lib.ModelConfig, length: int) -> int:
 class Evaluator:
   """Measures variants of one source model on fixed token sets."""
 
-  def __init__(self, source: posthoc_sources.Source,
-               texts: posthoc_sources.Texts, config):
+  def __init__(self, source: sources.Source,
+               texts: sources.Texts, config):
     self.source = source
     self.config = config
     self.train_tokens = source.encode(texts.train)
@@ -101,7 +98,7 @@ class Evaluator:
     model = model_lib.make_model(cfg)
     base = self.base or {}
     if cfg.causal:
-      step = jax.jit(functools.partial(train.eval_step, model=model))
+      step = jax.jit(functools.partial(steps_lib.eval_step, model=model))
       sums = [step(params, batch) for batch in data.eval_batches(
           data.Split(self.test_tokens, self.test_labels),
           self.config.eval_batch_size)]
@@ -116,9 +113,9 @@ class Evaluator:
                    if base else 1.0)
       return {'quality': float(np.mean(predicted == self.test_labels)),
               'agreement': float(agreement), '_predicted': predicted}
-    train_emb = pretrained.normalize(self._outputs(forward, params,
+    train_emb = hf_bert.normalize(self._outputs(forward, params,
                                                    self.train_tokens))
-    test_emb = pretrained.normalize(test_out)
+    test_emb = hf_bert.normalize(test_out)
     fitted, l2 = probe.fit_cv(train_emb, self.train_labels,
                               _numbers(self.config.probe.l2_grid,
                                       'probe.l2_grid'),
@@ -139,7 +136,7 @@ class Evaluator:
     row = {'method': method, 'variant': variant,
            'sharing': cfg.sharing.to_string(),
            **self.quality(cfg, params, forward)}
-    count, nbytes = posthoc.tree_size(params)
+    count, nbytes = methods.tree_size(params)
     # Binomial standard error of the test accuracy.
     row['quality_se'] = float(np.sqrt(
         row['quality'] * (1 - row['quality']) / len(self.test_tokens)))
@@ -179,8 +176,8 @@ def _numbers(text: str, field: str) -> list[float]:
 def _finetune(ev: Evaluator, params, loss_fn, steps: int, fields,
               trainable=None):
   """`steps` steps on the train texts (with labels where the task has them)."""
-  labels = ev.train_labels if posthoc_train.has_labels(ev.source.cfg) else None
-  return posthoc_train.finetune(
+  labels = ev.train_labels if finetune.has_labels(ev.source.cfg) else None
+  return finetune.finetune(
       params, loss_fn, ev.train_tokens, labels, steps, fields.batch_size,
       fields.learning_rate, ev.config.seed, trainable)
 
@@ -191,44 +188,44 @@ def sweep(ev: Evaluator, analysis: dict) -> list[dict]:
   rows = [ev.base]
   cos = analysis['weights'][config.direct_share.strategy]
   for ratio in _numbers(config.direct_share.ratios, 'direct_share.ratios'):
-    plan = posthoc.plan_direct_share(cos, ratio, config.direct_share.strategy)
-    params, cfg = posthoc.direct_share(base, base_cfg, plan.links)
+    plan = methods.plan_direct_share(cos, ratio, config.direct_share.strategy)
+    params, cfg = methods.direct_share(base, base_cfg, plan.links)
     rows.append(ev.measure('direct_share', f'r={ratio:g}', cfg, params,
                            selected_heads=len(plan.selected),
                            linked_heads=len(plan.links)))
   for ratio in _numbers(config.postshare.ratios, 'postshare.ratios'):
-    plan = posthoc.plan_direct_share(cos, ratio, config.direct_share.strategy)
-    trained, history = _finetune(ev, base, posthoc_train.postshare_loss_fn(
+    plan = methods.plan_direct_share(cos, ratio, config.direct_share.strategy)
+    trained, history = _finetune(ev, base, finetune.postshare_loss_fn(
         base_cfg, base, plan.links), config.postshare.steps,
                                  config.postshare)
-    params, cfg = posthoc.direct_share(trained, base_cfg, plan.links)
+    params, cfg = methods.direct_share(trained, base_cfg, plan.links)
     rows.append(ev.measure(
         'postshare', f'r={ratio:g}', cfg, params,
-        trainable=posthoc.tree_size(base)[0],
+        trainable=methods.tree_size(base)[0],
         selected_heads=len(plan.selected), linked_heads=len(plan.links),
         distance_before=history[0]['distance'] if history else np.nan,
-        distance_after=float(posthoc.pair_distance(trained, plan.links))))
-  spans = posthoc.select_spans(analysis['layers']['js_same'],
+        distance_after=float(methods.pair_distance(trained, plan.links))))
+  spans = methods.select_spans(analysis['layers']['js_same'],
                                config.sa.top_k, config.sa.threshold or np.inf)
   for start, end, score in spans:
     name = f'layers {start}-{end}'
-    params, cfg = posthoc.shared_attention(base, base_cfg,
+    params, cfg = methods.shared_attention(base, base_cfg,
                                            range(start, end + 1))
     rows.append(ev.measure('sa', name, cfg, params, span_js=score))
     if config.sa.finetune_steps:
-      tuned, _ = _finetune(ev, params, posthoc_train.sa_loss_fn(
+      tuned, _ = _finetune(ev, params, finetune.sa_loss_fn(
           cfg, base_cfg, base), config.sa.finetune_steps, config.sa)
       rows.append(ev.measure('sa_finetune', name, cfg, tuned,
-                             trainable=posthoc.tree_size(params)[0],
+                             trainable=methods.tree_size(params)[0],
                              span_js=score))
   for start, end, score in spans[:config.lisa.spans]:
-    params, cfg = posthoc.shared_attention(base, base_cfg,
+    params, cfg = methods.shared_attention(base, base_cfg,
                                            range(start, end + 1))
-    params, cfg = posthoc.with_lisa(params, cfg, config.lisa.rank,
+    params, cfg = methods.with_lisa(params, cfg, config.lisa.rank,
                                     config.lisa.align_width,
                                     jax.random.key(config.seed))
     mask = lisa.trainable_mask(params)
-    tuned, _ = _finetune(ev, params, posthoc_train.lisa_loss_fn(
+    tuned, _ = _finetune(ev, params, finetune.lisa_loss_fn(
         cfg, base_cfg, base, dict(config.lisa.weights)), config.lisa.steps,
                          config.lisa, mask)
     trainable = sum(int(np.size(x)) for x, m in zip(
@@ -238,7 +235,7 @@ def sweep(ev: Evaluator, analysis: dict) -> list[dict]:
   return rows
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def results_markdown(frame: pd.DataFrame) -> str:
   columns = {
       'method': '{}', 'variant': '{}', 'quality': '{:.4f}',
       'quality_se': '{:.4f}',
@@ -272,14 +269,14 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
   """Analysis and sweep of config's source; writes and returns the table."""
   check_config(config)
   if config.source == 'pretrained':
-    source = posthoc_sources.from_pretrained(config.pretrained_dir,
+    source = sources.from_pretrained(config.pretrained_dir,
                                              config.data.max_length)
   else:
-    source = posthoc_sources.from_workdir(config.source_workdir,
+    source = sources.from_workdir(config.source_workdir,
                                           config.replica)
-  posthoc.check_unshared(source.cfg)
+  methods.check_unshared(source.cfg)
   os.makedirs(workdir, exist_ok=True)
-  ev = Evaluator(source, posthoc_sources.load_texts(config.data, read_texts),
+  ev = Evaluator(source, sources.load_texts(config.data, read_texts),
                  config)
   examples = config.analysis.examples
   analysis = redundancy.analyze(source.params, source.cfg,
@@ -292,11 +289,11 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
                         for r in rows])
   frame.to_csv(os.path.join(workdir, 'results.csv'), index=False)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'# Post-hoc sharing of {source.name}\n\n' + _markdown(frame))
-  results.write_json(os.path.join(workdir, 'results.json'), {
-      'config': results.config_dict(config), 'source': source.name,
+    f.write(f'# Post-hoc sharing of {source.name}\n\n' + results_markdown(frame))
+  workdir_lib.write_json(os.path.join(workdir, 'results.json'), {
+      'config': workdir_lib.config_dict(config), 'source': source.name,
       'rows': frame.to_dict('records'),
-      'spans': posthoc.span_scores(analysis['layers']['js_same'])})
+      'spans': methods.span_scores(analysis['layers']['js_same'])})
   posthoc_figures.sweep(frame, f'Post-hoc sharing of {source.name}').savefig(
       os.path.join(workdir, 'sweep.png'), dpi=posthoc_figures.DPI)
   writer = metric_writers.create_default_writer(
@@ -307,18 +304,3 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
                                          'latency_ms', 'speedup')})
   writer.close()
   return frame
-
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Study config.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results are written.')
-
-
-def main(argv):
-  del argv  # Unused.
-  frame = run(_CONFIG.value, _WORKDIR.value)
-  print(_markdown(frame))
-
-
-if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jax_attnshare import config_utils
-from jax_attnshare import loop
+from jax_attnshare import configs
+from jax_attnshare import train
 from jax_attnshare import model as model_lib
-from jax_attnshare import posthoc
-from jax_attnshare import posthoc_eval
-from jax_attnshare import posthoc_sources
+from jax_attnshare.posthoc import methods
+from jax_attnshare.posthoc import study
+from jax_attnshare.posthoc import sources
 from jax_attnshare import sharing
 import tiny_bert
 
@@ -30,8 +30,8 @@ METHODS = ['none', 'direct_share', 'direct_share', 'postshare', 'sa',
            'sa_finetune', 'lisa']
 
 
-def _check_outputs(workdir, frame, methods=tuple(METHODS)):
-  assert tuple(frame['method']) == methods
+def _check_outputs(workdir, frame, expected=tuple(METHODS)):
+  assert tuple(frame['method']) == expected
   base = frame.iloc[0]
   assert base['kept_pct'] == 100 and base['bytes_saved'] == 0
   r0 = frame[frame['variant'] == 'r=0'].iloc[0]
@@ -42,7 +42,7 @@ def _check_outputs(workdir, frame, methods=tuple(METHODS)):
   assert shared['bytes_saved'] > 0 and shared['params_saved'] > 0
   sa = frame[frame['method'] == 'sa'].iloc[0]
   assert sa['params_saved'] > 0 and sa['predicted_speedup'] > 1
-  if 'lisa' in methods:
+  if 'lisa' in expected:
     lisa_row = frame[frame['method'] == 'lisa'].iloc[0]
     assert 0 < lisa_row['trainable_params'] < base['params'] / 10
   for name in ('results.csv', 'results.md', 'results.json', 'sweep.png',
@@ -51,16 +51,16 @@ def _check_outputs(workdir, frame, methods=tuple(METHODS)):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert os.listdir(os.path.join(workdir, 'tb', 'redundancy'))
   with open(os.path.join(workdir, 'results.json')) as f:
-    assert len(json.load(f)['rows']) == len(methods)
+    assert len(json.load(f)['rows']) == len(expected)
 
 
 def test_pretrained_study_writes_every_table(tmp_path, fake_texts):
   model_dir = tiny_bert.save(tmp_path, tiny_bert.random_bert(), vocab=VOCAB)
-  config = config_utils.load_config('configs/posthoc_minilm.py:tiny')
+  config = configs.load_config('configs/posthoc_minilm.py:tiny')
   config.pretrained_dir = model_dir
   config.data.max_length = tiny_bert.P
   workdir = str(tmp_path / 'study')
-  frame = posthoc_eval.run(config, workdir, read_texts=fake_texts)
+  frame = study.run(config, workdir, read_texts=fake_texts)
   _check_outputs(workdir, frame)
   assert np.isclose(frame.iloc[0]['output_cosine'], 1.)
   assert pd.read_csv(os.path.join(workdir, 'results.csv')).shape[0] == len(
@@ -69,10 +69,10 @@ def test_pretrained_study_writes_every_table(tmp_path, fake_texts):
 
 def test_trained_classifier_study(tmp_path, fake_texts):
   run_dir = str(tmp_path / 'run')
-  train = config_utils.load_config('configs/no_share.py:tiny')
-  train.model.num_layers = 3
-  loop.train_and_evaluate(train, run_dir, read_texts=fake_texts)
-  config = config_utils.load_config('configs/posthoc_trained.py:tiny')
+  source_config = configs.load_config('configs/no_share.py:tiny')
+  source_config.model.num_layers = 3
+  train.train_and_evaluate(source_config, run_dir, read_texts=fake_texts)
+  config = configs.load_config('configs/posthoc_trained.py:tiny')
   config.source_workdir = run_dir
   config.replica = 1
   # The methods' training paths with labels are unit-tested; here the
@@ -82,7 +82,7 @@ def test_trained_classifier_study(tmp_path, fake_texts):
   config.sa.finetune_steps = 0
   config.lisa.spans = 0
   workdir = str(tmp_path / 'study')
-  frame = posthoc_eval.run(config, workdir, read_texts=fake_texts)
+  frame = study.run(config, workdir, read_texts=fake_texts)
   _check_outputs(workdir, frame, ('none', 'direct_share', 'direct_share',
                                   'sa'))
   # Agreement of the predictions with the unshared model's.
@@ -102,11 +102,11 @@ def test_lm_quality_is_token_accuracy(fake_texts):
            for t in texts]
     return np.array([row + [0] * (12 - len(row)) for row in ids], np.int32)
 
-  source = posthoc_sources.Source('lm', cfg, params, encode)
-  config = config_utils.load_config('configs/posthoc_trained.py:tiny')
-  ev = posthoc_eval.Evaluator(
-      source, posthoc_sources.load_texts(config.data, fake_texts), config)
-  sa_params, sa_cfg = posthoc.shared_attention(params, cfg, [2])
+  source = sources.Source('lm', cfg, params, encode)
+  config = configs.load_config('configs/posthoc_trained.py:tiny')
+  ev = study.Evaluator(
+      source, sources.load_texts(config.data, fake_texts), config)
+  sa_params, sa_cfg = methods.shared_attention(params, cfg, [2])
   rows = [ev.base, ev.measure('sa', 'layers 2-2', sa_cfg, sa_params)]
   ev.finish(rows)
   # An untrained LM: perplexity near the vocabulary size.
@@ -117,8 +117,8 @@ def test_lm_quality_is_token_accuracy(fake_texts):
 
 def test_missing_sources_are_explained(tmp_path):
   with pytest.raises(FileNotFoundError, match='no config.json'):
-    posthoc_sources.from_workdir(str(tmp_path), 0)
-  config = config_utils.load_config('configs/posthoc_trained.py:tiny')
+    sources.from_workdir(str(tmp_path), 0)
+  config = configs.load_config('configs/posthoc_trained.py:tiny')
   config.source = 'hub'
   with pytest.raises(ValueError, match='config.source'):
-    posthoc_eval.run(config, str(tmp_path))
+    study.run(config, str(tmp_path))

@@ -11,10 +11,10 @@ from absl.testing import absltest
 import numpy as np
 import pandas as pd
 
-from jax_attnshare import analysis
-from jax_attnshare import analyze
-from jax_attnshare import figures
-from jax_attnshare import runs
+from jax_attnshare.report import stats
+from jax_attnshare.report import build
+from jax_attnshare.report import figures
+from jax_attnshare.report import runs
 
 NUM_LAYERS, NUM_HEADS, NUM_TOKENS = 3, 2, 10
 SEEDS = (0, 1, 2, 3, 4)
@@ -109,9 +109,9 @@ class AnalyzeTest(absltest.TestCase):
   def test_detects_the_changed_condition_only(self):
     standard_runs(self.root / 'runs')
     included, _ = runs.select(runs.load_runs(self.root / 'runs'), 'none')
-    tidy = analysis.tidy_table({r.condition: r.summary for r in included})
+    tidy = stats.tidy_table({r.condition: r.summary for r in included})
     final = tidy[(tidy['source'] == 'final') & (tidy['metric'] == 'entropy')]
-    table, _ = analysis.analyze(final, ['none', 'kv', 'k'], 'none', 0.05)
+    table, _ = stats.analyze(final, ['none', 'kv', 'k'], 'none', 0.05)
     ent = table[(table['metric'] == 'entropy') & table['layer'].isna()]
     p_holm = ent.set_index('condition')['p_holm']
     self.assertLess(p_holm['k'], 0.05)
@@ -119,7 +119,7 @@ class AnalyzeTest(absltest.TestCase):
 
   def test_cli_writes_every_file_and_the_finding(self):
     standard_runs(self.root / 'runs')
-    self.assertEqual(analyze.main(['--runs', str(self.root / 'runs'),
+    self.assertEqual(build.main(['--runs', str(self.root / 'runs'),
                                    '--out', str(self.out)]), 0)
     expected = ['report.md', 'summary_table.csv', 'per_layer.csv',
                 'anova.csv', 'tidy.csv', 'accuracy_curves.png',
@@ -142,7 +142,7 @@ class AnalyzeTest(absltest.TestCase):
     for condition in ('none', 'kv'):
       write_run(self.root, condition, eval_steps=(100,))
     with self.assertLogs(level='WARNING') as logs:
-      analyze.run_analysis(self.root, self.out)
+      build.run_analysis(self.root, self.out)
     (warning,) = [m for m in logs.output if 'evaluated fewer' in m]
     self.assertIn('(none, kv)', warning)
     text = (self.out / 'report.md').read_text()
@@ -155,14 +155,14 @@ class AnalyzeTest(absltest.TestCase):
   def test_warning_names_the_run_evaluated_once(self):
     write_run(self.root, 'none')
     write_run(self.root, 'kv', eval_steps=(100,))
-    analyze.run_analysis(self.root, self.out)
+    build.run_analysis(self.root, self.out)
     text = (self.out / 'report.md').read_text()
     self.assertIn('`kv` was evaluated fewer than twice (`kv`: step 100)', text)
     self.assertIn('![Test accuracy during training]', text)
 
   def test_two_evaluations_give_no_warning(self):
     standard_runs(self.root)
-    analyze.run_analysis(self.root, self.out)
+    build.run_analysis(self.root, self.out)
     text = (self.out / 'report.md').read_text()
     self.assertNotIn('fewer than two evaluations', text)
     self.assertIn('![Test accuracy during training]', text)
@@ -174,7 +174,7 @@ class AnalyzeTest(absltest.TestCase):
       for entry in summary['per_seed']:
         entry['attention']['entropy_norm'][0] = 0.99991
       (workdir / 'summary.json').write_text(json.dumps(summary))
-    analyze.run_analysis(self.root, self.out)
+    build.run_analysis(self.root, self.out)
     text = (self.out / 'report.md').read_text()
     for condition in ('none', 'kv'):
       self.assertIn(f'- `{condition}`, layer 0: normalized attention entropy '
@@ -188,7 +188,7 @@ class AnalyzeTest(absltest.TestCase):
     write_run(self.root, 'kv')
     with mock.patch.object(figures, 'attention_heatmaps',
                            wraps=figures.attention_heatmaps) as draw:
-      analyze.run_analysis(self.root, self.out)
+      build.run_analysis(self.root, self.out)
     titles = [c.args[2] for c in draw.call_args_list]
     self.assertEqual(titles, [
         'none: attention on the fixed test review (positive), seed 0, '
@@ -198,11 +198,11 @@ class AnalyzeTest(absltest.TestCase):
 
   def test_empty_folder_is_an_error(self):
     with self.assertRaisesRegex(SystemExit, 'no summary.json under'):
-      analyze.main(['--runs', str(self.root), '--out', str(self.out)])
+      build.main(['--runs', str(self.root), '--out', str(self.out)])
 
   def test_missing_folder_is_an_error(self):
     with self.assertRaisesRegex(SystemExit, 'is not a folder'):
-      analyze.main(['--runs', str(self.root / 'x'), '--out', str(self.out)])
+      build.main(['--runs', str(self.root / 'x'), '--out', str(self.out)])
 
   def test_partial_run_is_an_error(self):
     write_run(self.root, 'none')
@@ -210,13 +210,13 @@ class AnalyzeTest(absltest.TestCase):
     (self.root / 'kv' / 'config.json').write_text('{}')
     with self.assertRaisesRegex(SystemExit, 'kv has config.json but no '
                                 'summary.json'):
-      analyze.main(['--runs', str(self.root), '--out', str(self.out)])
+      build.main(['--runs', str(self.root), '--out', str(self.out)])
 
   def test_missing_baseline_is_an_error(self):
     write_run(self.root, 'kv')
     with self.assertRaisesRegex(SystemExit, "baseline condition 'none' not "
                                 'found.*found: kv'):
-      analyze.main(['--runs', str(self.root), '--out', str(self.out)])
+      build.main(['--runs', str(self.root), '--out', str(self.out)])
 
   def test_mismatched_runs_excluded_and_diverged_replicas_left_out(self):
     write_run(self.root, 'none')
@@ -225,7 +225,7 @@ class AnalyzeTest(absltest.TestCase):
     write_run(self.root, 'v', fingerprint='beef')
     write_run(self.root, 'qv', finished=False)
     with self.assertLogs(level='WARNING') as logs:
-      analyze.run_analysis(self.root, self.out)
+      build.run_analysis(self.root, self.out)
     self.assertLen([m for m in logs.output if 'Excluding' in m], 3)
     text = (self.out / 'report.md').read_text()
     self.assertIn('(`q`): seeds [0, 1, 2] (3) differ', text)
@@ -247,7 +247,7 @@ class AnalyzeTest(absltest.TestCase):
     self.assertEqual(run.config, {'name': 'none'})
 
   def test_imports_no_jax(self):
-    code = ('import jax_attnshare.analyze, sys; '
+    code = ('import jax_attnshare.report.build, sys; '
             "bad = {'jax', 'flax', 'tensorflow'} & set(sys.modules); "
             'assert not bad, bad')
     subprocess.run([sys.executable, '-c', code], check=True,

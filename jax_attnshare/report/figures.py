@@ -16,7 +16,7 @@ from matplotlib.backends import backend_agg
 import numpy as np
 import pandas as pd
 
-from jax_attnshare import analysis
+from jax_attnshare.report import stats
 
 _DPI = 110
 # Reviews up to this many tokens label every token; longer ones every k-th.
@@ -50,7 +50,7 @@ def metric_label(metric: str, thresholds: Mapping[str, str]) -> str:
 
 
 def _axis_label(metric: str, thresholds: Mapping[str, str]) -> str:
-  unit = analysis.unit(metric)
+  unit = stats.unit(metric)
   label = metric_label(metric, thresholds)
   return f'{label} [{unit}]' if unit else label
 
@@ -104,7 +104,7 @@ def accuracy_curves(tidy: pd.DataFrame, conditions: Sequence[str],
   if len(steps) == 1:
     present = [c for c in conditions if (df['condition'] == c).any()]
     for i, c in enumerate(present):
-      st = pd.DataFrame([analysis.describe(
+      st = pd.DataFrame([stats.describe(
           df.loc[df['condition'] == c, 'value'].to_numpy())])
       ax.errorbar([i], st['mean'], yerr=_ci_err(st), color=colors[c],
                   marker='o', capsize=4)
@@ -117,11 +117,11 @@ def accuracy_curves(tidy: pd.DataFrame, conditions: Sequence[str],
     fig.savefig(path, dpi=_DPI)
     return True
   for c, color in colors.items():
-    stats = [dict(step=s, **analysis.describe(g['value'].to_numpy()))
-             for s, g in df[df['condition'] == c].groupby('step')]
-    if not stats:
+    described = [dict(step=s, **stats.describe(g['value'].to_numpy()))
+                 for s, g in df[df["condition"] == c].groupby("step")]
+    if not described:
       continue
-    st = pd.DataFrame(stats)
+    st = pd.DataFrame(described)
     if len(st) == 1:
       ax.errorbar(st['step'], st['mean'], yerr=_ci_err(st), color=color,
                   marker='o', capsize=4, label=c)
@@ -171,7 +171,7 @@ def layer_progression(final: pd.DataFrame, conditions: Sequence[str],
     colors = _colors(conditions)
     for i, (c, color) in enumerate(colors.items()):
       st = pd.DataFrame(
-          [dict(layer=layer, **analysis.describe(g['value'].to_numpy()))
+          [dict(layer=layer, **stats.describe(g['value'].to_numpy()))
            for layer, g in df[df['condition'] == c].groupby('layer')])
       if st.empty:
         continue

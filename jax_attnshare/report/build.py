@@ -1,6 +1,6 @@
 """CLI: statistics, figures and report.md for a folder of runs.
 
-  python -m jax_attnshare.analyze --runs=DIR [--baseline=none] \\
+  python -m jax_attnshare.report --runs=DIR [--baseline=none] \\
       --out=REPORT_DIR [--alpha=0.05]
 
 DIR holds one workdir per sharing condition (DIR/none, DIR/kv, ...), each
@@ -14,15 +14,14 @@ import argparse
 from collections.abc import Mapping, Sequence
 import pathlib
 import re
-import sys
 
 from absl import logging
 import pandas as pd
 
-from jax_attnshare import analysis
-from jax_attnshare import figures
-from jax_attnshare import report
-from jax_attnshare import runs as runs_lib
+from jax_attnshare.report import stats
+from jax_attnshare.report import figures
+from jax_attnshare.report import markdown
+from jax_attnshare.report import runs as runs_lib
 
 _BOX_METRICS = ('test_accuracy', 'entropy', 'entropy_norm', 'head_correlation',
                 'head_specialization', 'js_adjacent')
@@ -46,7 +45,7 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
   """Draws every figure the data allows; returns (caption, file name)."""
   conditions = [r.condition for r in included]
   thresholds = included[0].summary.get('sparsity_thresholds', {})
-  metrics = analysis.order_metrics(final['metric'].unique())
+  metrics = stats.order_metrics(final['metric'].unique())
   out = []
   if figures.accuracy_curves(tidy, conditions,
                              out_dir / 'accuracy_curves.png'):
@@ -87,7 +86,7 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
                                out_dir / name)
     out.append((f'Attention maps, {run.condition}', name))
   mats = {r.condition: m for r in included
-          if (m := analysis.seed_mean_matrix(r.summary, 'js_layers'))
+          if (m := stats.seed_mean_matrix(r.summary, 'js_layers'))
           is not None}
   if mats:
     figures.js_matrices(mats, out_dir / 'js_layers.png')
@@ -101,12 +100,12 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
   runs_dir, out_dir = pathlib.Path(runs_dir), pathlib.Path(out_dir)
   included, excluded = runs_lib.select(runs_lib.load_runs(runs_dir), baseline)
   conditions = [r.condition for r in included]
-  tidy = analysis.tidy_table({r.condition: r.summary for r in included})
+  tidy = stats.tidy_table({r.condition: r.summary for r in included})
   used = (tidy['source'] == 'final') & ~tidy['diverged']
   nulls = tidy[used & tidy['value'].isna() & tidy['layer'].isna()]
   dropped = nulls.groupby('condition').size().to_dict()
   final = tidy[used].dropna(subset='value')
-  table, omni = analysis.analyze(final, conditions, baseline, alpha)
+  table, omni = stats.analyze(final, conditions, baseline, alpha)
   out_dir.mkdir(parents=True, exist_ok=True)
   tidy.to_csv(out_dir / 'tidy.csv', index=False)
   table[table['layer'].isna()].drop(columns='layer').to_csv(
@@ -121,7 +120,7 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
         'over seeds.', ', '.join(few))
   figure_files = _figures(tidy, final, included, few, out_dir)
   path = out_dir / 'report.md'
-  report.write_report(path, runs_dir=runs_dir, baseline=baseline, alpha=alpha,
+  markdown.write_report(path, runs_dir=runs_dir, baseline=baseline, alpha=alpha,
                       included=included, excluded=excluded, table=table,
                       omni=omni, final=final, figure_files=figure_files,
                       dropped=dropped,
@@ -132,7 +131,7 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m jax_attnshare.analyze', description=__doc__,
+      prog='python -m jax_attnshare.report', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--runs', required=True, type=pathlib.Path,
                       help='folder with one workdir per condition')
@@ -150,6 +149,3 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(path)
   return 0
 
-
-if __name__ == '__main__':
-  sys.exit(main())

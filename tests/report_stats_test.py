@@ -1,4 +1,4 @@
-"""Tests for jax_attnshare.analysis: hand formulas, scipy, statsmodels."""
+"""Tests for jax_attnshare.report.stats: hand formulas, scipy, statsmodels."""
 
 import math
 
@@ -8,7 +8,7 @@ from scipy import stats
 from statsmodels.stats import multitest
 from statsmodels.stats import oneway
 
-from jax_attnshare import analysis
+from jax_attnshare.report import stats as report_stats
 
 X = np.array([1., 2., 3., 4.])
 Y = np.array([2., 4., 6., 8.])
@@ -18,7 +18,7 @@ class DescribeTest(absltest.TestCase):
 
   def test_matches_scipy_t_interval(self):
     x = np.random.default_rng(0).normal(3, 2, 7)
-    got = analysis.describe(x)
+    got = report_stats.describe(x)
     lo, hi = stats.t.interval(0.95, 6, loc=x.mean(), scale=stats.sem(x))
     self.assertEqual(got['n'], 7)
     self.assertAlmostEqual(got['mean'], x.mean())
@@ -28,28 +28,28 @@ class DescribeTest(absltest.TestCase):
 
   def test_ci_covers_the_truth_about_95_percent(self):
     rng = np.random.default_rng(1)
-    cover = [(d := analysis.describe(rng.normal(5, 1, 5)))['ci_low'] < 5
+    cover = [(d := report_stats.describe(rng.normal(5, 1, 5)))['ci_low'] < 5
              < d['ci_high'] for _ in range(400)]
     self.assertBetween(np.mean(cover), 0.92, 0.98)
 
   def test_one_value_has_no_sd(self):
-    self.assertTrue(math.isnan(analysis.describe(np.array([1.]))['sd']))
+    self.assertTrue(math.isnan(report_stats.describe(np.array([1.]))['sd']))
 
 
 class EffectSizeTest(absltest.TestCase):
 
   def test_cohens_d_by_hand(self):
     # Pooled variance (3 * 5/3 + 3 * 20/3) / 6 = 25/6; mean difference -2.5.
-    self.assertAlmostEqual(analysis.cohens_d(X, Y), -2.5 / math.sqrt(25 / 6))
+    self.assertAlmostEqual(report_stats.cohens_d(X, Y), -2.5 / math.sqrt(25 / 6))
 
   def test_hedges_j_exact_and_close_to_approximation(self):
-    self.assertAlmostEqual(analysis.hedges_j(6),
+    self.assertAlmostEqual(report_stats.hedges_j(6),
                            math.gamma(3) / (math.sqrt(3) * math.gamma(2.5)))
-    self.assertAlmostEqual(analysis.hedges_j(6), 1 - 3 / (4 * 6 - 1),
+    self.assertAlmostEqual(report_stats.hedges_j(6), 1 - 3 / (4 * 6 - 1),
                            places=2)
 
   def test_compare_matches_welch_and_hand_formulas(self):
-    got = analysis.compare(X, Y, alpha=0.05)
+    got = report_stats.compare(X, Y, alpha=0.05)
     welch = stats.ttest_ind(X, Y, equal_var=False)
     self.assertAlmostEqual(got['t'], welch.statistic)
     self.assertAlmostEqual(got['p'], welch.pvalue)
@@ -58,36 +58,36 @@ class EffectSizeTest(absltest.TestCase):
     self.assertAlmostEqual(got['d'], d)
     self.assertAlmostEqual(got['d_ci_low'], d - 1.959964 * se, places=5)
     self.assertAlmostEqual(got['d_ci_high'], d + 1.959964 * se, places=5)
-    j = analysis.hedges_j(6)
+    j = report_stats.hedges_j(6)
     self.assertAlmostEqual(got['g'], j * d)
     self.assertAlmostEqual(got['g_ci_high'], j * got['d_ci_high'])
     self.assertAlmostEqual(got['diff'], -2.5)
 
   def test_constant_groups_give_nan_not_errors(self):
-    got = analysis.compare(np.ones(4), np.ones(4), alpha=0.05)
+    got = report_stats.compare(np.ones(4), np.ones(4), alpha=0.05)
     self.assertTrue(math.isnan(got['d']) and math.isnan(got['p']))
 
 
 class HolmAndPowerTest(absltest.TestCase):
 
   def test_holm_by_hand(self):
-    np.testing.assert_allclose(analysis.holm([0.01, 0.04, 0.03]),
+    np.testing.assert_allclose(report_stats.holm([0.01, 0.04, 0.03]),
                                [0.03, 0.06, 0.06])
 
   def test_holm_skips_nan(self):
-    got = analysis.holm([0.01, np.nan, 0.04])
+    got = report_stats.holm([0.01, np.nan, 0.04])
     np.testing.assert_allclose(got, [0.02, np.nan, 0.04])
 
   def test_power_textbook_values(self):
     # d = 1, 20 per group: 0.869 (G*Power); d = 0.5 needs 64 per group.
-    self.assertAlmostEqual(analysis.achieved_power(1.0, 20, 20, 0.05), 0.869,
+    self.assertAlmostEqual(report_stats.achieved_power(1.0, 20, 20, 0.05), 0.869,
                            places=3)
-    self.assertEqual(analysis.seeds_for_power(0.5, 0.05), 64)
+    self.assertEqual(report_stats.seeds_for_power(0.5, 0.05), 64)
 
   def test_power_edge_cases(self):
-    self.assertEqual(analysis.seeds_for_power(0.0, 0.05), math.inf)
-    self.assertEqual(analysis.seeds_for_power(-20.0, 0.05), 2)
-    self.assertAlmostEqual(analysis.achieved_power(14.0, 2, 2, 0.05), 1.0,
+    self.assertEqual(report_stats.seeds_for_power(0.0, 0.05), math.inf)
+    self.assertEqual(report_stats.seeds_for_power(-20.0, 0.05), 2)
+    self.assertAlmostEqual(report_stats.achieved_power(14.0, 2, 2, 0.05), 1.0,
                            places=3)
 
 
@@ -99,7 +99,7 @@ class OmnibusTest(absltest.TestCase):
 
   def test_classic_anova_when_assumptions_hold(self):
     groups = {k: self.rng.normal(m, 1, 15) for k, m in (('a', 0), ('b', 1))}
-    got = analysis.omnibus(groups, 0.05)
+    got = report_stats.omnibus(groups, 0.05)
     self.assertEqual(got['test'], 'ANOVA F')
     ref = stats.f_oneway(*groups.values())
     self.assertAlmostEqual(got['statistic'], ref.statistic)
@@ -108,7 +108,7 @@ class OmnibusTest(absltest.TestCase):
 
   def test_welch_when_variances_differ(self):
     groups = {'a': self.rng.normal(0, 0.1, 30), 'b': self.rng.normal(0, 10, 30)}
-    got = analysis.omnibus(groups, 0.05)
+    got = report_stats.omnibus(groups, 0.05)
     self.assertEqual(got['test'], "Welch's ANOVA F")
     ref = oneway.anova_oneway(list(groups.values()), use_var='unequal')
     self.assertAlmostEqual(got['p'], ref.pvalue)
@@ -116,15 +116,15 @@ class OmnibusTest(absltest.TestCase):
 
   def test_kruskal_when_not_normal(self):
     groups = {'a': self.rng.lognormal(0, 2, 30), 'b': self.rng.normal(0, 1, 30)}
-    got = analysis.omnibus(groups, 0.05)
+    got = report_stats.omnibus(groups, 0.05)
     self.assertEqual(got['test'], 'Kruskal-Wallis H')
     self.assertAlmostEqual(got['p'], stats.kruskal(*groups.values()).pvalue)
     self.assertIn('Shapiro-Wilk rejects normality in a', got['reason'])
 
   def test_degenerate_inputs(self):
-    self.assertEqual(analysis.omnibus({'a': np.ones(3), 'b': np.ones(3)},
+    self.assertEqual(report_stats.omnibus({'a': np.ones(3), 'b': np.ones(3)},
                                       0.05)['reason'], 'all values identical')
-    self.assertEqual(analysis.omnibus({'a': X}, 0.05)['test'], 'none')
+    self.assertEqual(report_stats.omnibus({'a': X}, 0.05)['test'], 'none')
 
 
 def _summary(condition, entropy_S):
@@ -142,8 +142,8 @@ def _summary(condition, entropy_S):
 class TableTest(absltest.TestCase):
 
   def test_tidy_rows(self):
-    tidy = analysis.tidy_table({'none': _summary('none', [1., 2.])})
-    self.assertEqual(list(tidy.columns), list(analysis.TIDY_COLUMNS))
+    tidy = report_stats.tidy_table({'none': _summary('none', [1., 2.])})
+    self.assertEqual(list(tidy.columns), list(report_stats.TIDY_COLUMNS))
     final = tidy[tidy['source'] == 'final']
     ent = final[final['metric'] == 'entropy']
     self.assertEqual(ent['layer'].isna().sum(), 2)
@@ -159,11 +159,11 @@ class TableTest(absltest.TestCase):
 
   def test_analyze_holm_per_metric_and_baseline_first(self):
     rng = np.random.default_rng(0)
-    tidy = analysis.tidy_table({
+    tidy = report_stats.tidy_table({
         c: _summary(c, rng.normal(m, 0.1, 5))
         for c, m in (('none', 1), ('a', 1), ('b', 2))})
     final = tidy[tidy['source'] == 'final'].dropna(subset='value')
-    table, omni = analysis.analyze(final, ['none', 'a', 'b'], 'none', 0.05)
+    table, omni = report_stats.analyze(final, ['none', 'a', 'b'], 'none', 0.05)
     ent = table[(table['metric'] == 'entropy') & table['layer'].isna()]
     self.assertEqual(list(ent['condition']), ['none', 'a', 'b'])
     self.assertTrue(math.isnan(ent.iloc[0]['p']))

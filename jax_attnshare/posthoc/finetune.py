@@ -24,8 +24,8 @@ import numpy as np
 import optax
 
 from jax_attnshare import model as model_lib
-from jax_attnshare import posthoc
-from jax_attnshare import train
+from jax_attnshare.posthoc import methods
+from jax_attnshare import steps as steps_lib
 
 
 def apply(cfg: model_lib.ModelConfig, params: Any, tokens_BT,
@@ -49,7 +49,7 @@ def task_or_distill(cfg: model_lib.ModelConfig, out, teacher_out,
   """Task loss where the model has one, else Huber to the teacher's output."""
   if not has_labels(cfg):
     return optax.huber_loss(out, teacher_out).mean()
-  loss_X, _, w_X = train.objective(cfg)(out, batch)
+  loss_X, _, w_X = steps_lib.objective(cfg)(out, batch)
   return (loss_X * w_X).sum() / jnp.maximum(w_X.sum(), 1.)
 
 
@@ -73,8 +73,8 @@ def postshare_loss_fn(cfg: model_lib.ModelConfig, teacher_params: Any,
     teacher_out, _ = apply(cfg, teacher_params, batch['tokens'])
     task = task_or_distill(cfg, out, jax.lax.stop_gradient(teacher_out),
                            batch)
-    distance = posthoc.pair_distance(params, links)
-    return posthoc.postshare_loss(task, distance), {'task': task,
+    distance = methods.pair_distance(params, links)
+    return methods.postshare_loss(task, distance), {'task': task,
                                                     'distance': distance}
   return loss_fn
 

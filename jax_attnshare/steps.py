@@ -1,0 +1,257 @@
+"""Training: pure one-replica steps, vmapped over seeds in one place.
+
+`init_state`, `train_step`, `eval_step`, `stats_step` and `maps_step` see one
+replica. `SeedSteps` jits their `jax.vmap` over a leading seed axis once, and
+shards that axis over the devices when there are several, so replica i
+depends on seed i alone and equals a single-seed run. On one device the
+seeds can instead be vmapped in chunks that the jitted step maps over
+(`seed_chunk`): the same replicas, with one chunk's activations in memory at
+a time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_attnshare import attn_stats
+from jax_attnshare import model as model_lib
+
+SCHEDULES = ('constant', 'cosine', 'linear')
+OPTIMIZERS = ('adamw', 'adam')
+
+
+class TrainState(train_state.TrainState):
+  rng: jax.Array  # base key of this replica's dropout stream
+
+
+def make_optimizer(opt: Any, num_train_steps: int) -> optax.GradientTransformation:
+  """Linear warmup, then the configured decay; global-norm clipping."""
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'config.opt.name must be one of {OPTIMIZERS}, got '
+                     f'{opt.name!r}.')
+  if opt.schedule not in SCHEDULES:
+    raise ValueError(f'config.opt.schedule must be one of {SCHEDULES}, got '
+                     f'{opt.schedule!r}.')
+  if not 0 <= opt.warmup_steps <= num_train_steps:
+    raise ValueError(f'config.opt.warmup_steps={opt.warmup_steps} must be in '
+                     f'[0, config.num_train_steps={num_train_steps}].')
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
+  decay_steps = max(num_train_steps - opt.warmup_steps, 1)
+  decay = {
+      'constant': optax.constant_schedule(opt.learning_rate),
+      'cosine': optax.cosine_decay_schedule(opt.learning_rate, decay_steps),
+      'linear': optax.linear_schedule(opt.learning_rate, 0.0, decay_steps),
+  }[opt.schedule]
+  schedule = optax.join_schedules([warmup, decay], [opt.warmup_steps])
+  if opt.name == 'adamw':
+    update = optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                         weight_decay=opt.weight_decay)
+  else:
+    update = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), update)
+
+
+def seed_keys(seeds) -> jax.Array:
+  """Typed keys [S]; key i is exactly jax.random.key(seeds[i])."""
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+
+def init_state(key: jax.Array, model: nn.Module,
+               optimizer: optax.GradientTransformation,
+               length: int) -> TrainState:
+  params_key, dropout_key = jax.random.split(key)
+  tokens_BT = jnp.zeros((1, length), jnp.int32)
+  params = model.init(params_key, tokens_BT)['params']
+  return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer,
+                           rng=dropout_key)
+
+
+def classification_losses(logits_BC, batch: dict):
+  """Loss, correctness and weight (1) of each example's label."""
+  labels_B = batch['labels']
+  loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+  correct_B = (logits_BC.argmax(-1) == labels_B).astype(jnp.float32)
+  return loss_B, correct_B, jnp.ones_like(loss_B)
+
+
+def next_token_losses(logits_BTV, batch: dict, pad_id: int):
+  """Loss, correctness and weight of each next token; padding weighs 0."""
+  targets_BT = batch['tokens'][:, 1:]
+  logits_BTV = logits_BTV[:, :-1]
+  loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV,
+                                                            targets_BT)
+  correct_BT = (logits_BTV.argmax(-1) == targets_BT).astype(jnp.float32)
+  return loss_BT, correct_BT, (targets_BT != pad_id).astype(jnp.float32)
+
+
+def objective(cfg: model_lib.ModelConfig) -> Callable:
+  """(model output, batch) -> per-prediction (loss, correct, weight)."""
+  if cfg.causal:
+    return functools.partial(next_token_losses, pad_id=cfg.pad_id)
+  return classification_losses
+
+
+def train_step(state: TrainState, batch: dict,
+               losses: Callable = classification_losses
+               ) -> tuple[TrainState, dict]:
+  """One AdamW update of one replica; dropout keyed by (replica, step)."""
+  dropout_key = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    out = state.apply_fn({'params': params}, batch['tokens'],
+                         deterministic=False, rngs={'dropout': dropout_key})
+    loss_X, correct_X, w_X = losses(out, batch)
+    count = jnp.maximum(w_X.sum(), 1.0)
+    return (loss_X * w_X).sum() / count, (correct_X * w_X).sum() / count
+
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  metrics = {'loss': loss, 'accuracy': accuracy,
+             'grad_norm': optax.global_norm(grads)}
+  return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(params: Any, batch: dict, model: nn.Module) -> dict:
+  """Sums of loss and correct predictions over a batch's real targets.
+
+  Targets are the labels of the real rows, or for the LM their real next
+  tokens.
+  """
+  out = model.apply({'params': params}, batch['tokens'])
+  loss_X, correct_X, w_X = objective(model.config)(out, batch)
+  w_B = batch['weights']
+  w_X = w_X * w_B.reshape(w_B.shape + (1,) * (w_X.ndim - 1))
+  return {'loss_sum': (loss_X * w_X).sum(), 'correct': (correct_X * w_X).sum(),
+          'count': w_X.sum()}
+
+
+def maps_step(params: Any, tokens_BT: jax.Array, model: nn.Module):
+  """Attention probabilities probs_NBHTT of every layer."""
+  _, variables = model.apply({'params': params}, tokens_BT,
+                             mutable=[model_lib.ATTENTION_COLLECTION])
+  return model_lib.attention_probs(variables[model_lib.ATTENTION_COLLECTION])
+
+
+def stats_step(params: Any, tokens_BT: jax.Array, model: nn.Module) -> dict:
+  """Attention statistics, reduced inside jit so maps never leave the device."""
+  probs_NBHTT = maps_step(params, tokens_BT, model)
+  return attn_stats.attention_stats(probs_NBHTT,
+                                    tokens_BT != model.config.pad_id)
+
+
+def over_seeds(fn: Callable, per_seed: tuple[bool, ...],
+               chunk: int) -> Callable:
+  """fn over a leading seed axis of the arguments marked per-seed.
+
+  chunk 0: one jax.vmap over all seeds. chunk c: jax.lax.map over groups of
+  c seeds, each group vmapped, inside the same function, so only one group's
+  activations exist at a time. On a CPU, S replicas' attention maps overflow
+  the caches and one vmap over all of them is slower than seeds in turn.
+  """
+  if not chunk:
+    return jax.vmap(fn, in_axes=tuple(0 if p else None for p in per_seed))
+
+  def mapped(*args):
+    def one(seeded):
+      it = iter(seeded)
+      return fn(*(next(it) if p else a for a, p in zip(args, per_seed)))
+    return jax.lax.map(one, [a for a, p in zip(args, per_seed) if p],
+                       batch_size=chunk)
+  return mapped
+
+
+def sharded_over_devices(num_seeds: int, seed_chunk: int) -> bool:
+  """Whether SeedSteps shards the seeds; raises for an impossible layout."""
+  devices = jax.devices()
+  shard = len(devices) > 1 and num_seeds % len(devices) == 0
+  if seed_chunk < 0:
+    raise ValueError(f'config.seed_chunk must be >= 0 (0 = all seeds in '
+                     f'one vmap), got {seed_chunk}.')
+  if shard and seed_chunk:
+    raise ValueError(
+        f'config.seed_chunk={seed_chunk} runs the seeds in chunks on one '
+        f'device, but the {num_seeds} seeds are sharded over '
+        f'{len(devices)} devices: set config.seed_chunk=0.')
+  return shard
+
+
+class SeedSteps:
+  """The seed-mapped, jitted steps over S replicas, sharded over devices.
+
+  seed_chunk 0 vmaps all S replicas at once (sharded over the devices when
+  there are several); seed_chunk c vmaps c at a time inside each step
+  (over_seeds), on one device.
+  """
+
+  def __init__(self, model: nn.Module, optimizer, length: int,
+               num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0):
+    devices = jax.devices()
+    shard = sharded_over_devices(num_seeds, seed_chunk)
+    # Auto axes: XLA propagates the seed sharding through the vmapped steps.
+    mesh = jax.make_mesh((len(devices) if shard else 1,), ('seed',),
+                         devices=devices if shard else devices[:1],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    self.seed_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec('seed'))
+    self.replicated = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec())
+    self.causal = model.config.causal
+    self.batch_sharding = (self.seed_sharding if per_seed_batches
+                           else self.replicated)
+
+    def seeded(fn, per_seed_batch=False):
+      return over_seeds(fn, (True, per_seed_batch), seed_chunk)
+
+    init = functools.partial(init_state, model=model, optimizer=optimizer,
+                             length=length)
+    self.init = jax.jit(over_seeds(init, (True,), seed_chunk),
+                        out_shardings=self.seed_sharding)
+    self.train = jax.jit(
+        seeded(functools.partial(train_step, losses=objective(model.config)),
+               per_seed_batches),
+        donate_argnums=0)
+    self.eval = jax.jit(seeded(functools.partial(eval_step, model=model)))
+    self.stats = jax.jit(seeded(functools.partial(stats_step, model=model)))
+    self.maps = jax.jit(seeded(functools.partial(maps_step, model=model)))
+
+  def put_batch(self, batch: dict) -> dict:
+    return jax.device_put(batch, self.batch_sharding)
+
+  def put_shared(self, batch: dict) -> dict:
+    return jax.device_put(batch, self.replicated)
+
+
+def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
+  """Test metrics per replica over all eval batches.
+
+  Mean loss and accuracy; for the LM the mean next-token loss, perplexity =
+  exp(loss) and token accuracy, each over all real next tokens.
+  """
+  total = None
+  for batch in batches:
+    sums = steps.eval(params, steps.put_shared(batch))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  total = jax.device_get(total)
+  loss = total['loss_sum'] / total['count']
+  accuracy = total['correct'] / total['count']
+  if steps.causal:
+    return {'loss': loss, 'perplexity': np.exp(loss),
+            'token_accuracy': accuracy}
+  return {'loss': loss, 'accuracy': accuracy}
+
+
+def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,
+                         batch_size: int) -> dict[str, np.ndarray]:
+  """Statistics per replica on a fixed sample, averaged over equal chunks."""
+  chunks = [jax.device_get(steps.stats(params, steps.put_shared(
+      tokens_BT[i:i + batch_size])))
+            for i in range(0, len(tokens_BT), batch_size)]
+  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)

@@ -1,0 +1,183 @@
+"""Seed-vmapped steps: replica i equals a single run with seed i."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jax_attnshare import model as model_lib
+from jax_attnshare import sharing
+from jax_attnshare import steps as steps_lib
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+S, B, T, V = 3, 4, 8, 30
+SEEDS = [7, 11, 12]
+
+
+def _model():
+  spec = sharing.SharingSpec(num_layers=2, components=('key',),
+                             layer_groups=((0, 1),))
+  return model_lib.Classifier(model_lib.ModelConfig(
+      vocab_size=V, max_length=T, sharing=spec, width=16, num_layers=2,
+      num_heads=2, ffn_width=32, dropout_rate=0.1))
+
+
+def _opt(**kw):
+  base = dict(name='adamw', learning_rate=1e-2, warmup_steps=2,
+              schedule='cosine', weight_decay=0.01, clip_norm=1.0, b1=0.9,
+              b2=0.999)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def _batch(rng, shape):
+  tokens = rng.integers(1, V, size=shape + (T,)).astype(np.int32)
+  tokens[..., T - 2:] = 0  # Some padding.
+  return {'tokens': tokens,
+          'labels': rng.integers(0, 2, size=shape).astype(np.int32)}
+
+
+# seed_chunk 0: one vmap over the 3 seeds; 2: chunks of 2 and 1 in turn
+# (with per-seed batches, which the chunks must slice with the states; a
+# shared batch through chunks is covered by the eval test below).
+@pytest.mark.parametrize('per_seed,seed_chunk',
+                         [(False, 0), (True, 0), (True, 2)])
+def test_replica_equals_single_seed_run(per_seed, seed_chunk):
+  model, optimizer = _model(), steps_lib.make_optimizer(_opt(), 10)
+  steps = steps_lib.SeedSteps(model, optimizer, T, S, per_seed_batches=per_seed,
+                          seed_chunk=seed_chunk)
+  rng = np.random.default_rng(0)
+  batches = [_batch(rng, (S, B) if per_seed else (B,)) for _ in range(3)]
+  state = steps.init(steps_lib.seed_keys(SEEDS))
+  for batch in batches:
+    state, metrics_S = steps.train(state, steps.put_batch(batch))
+  assert metrics_S['loss'].shape == (S,)
+  single_step = jax.jit(steps_lib.train_step)
+  for i, seed in enumerate(SEEDS):
+    single = steps_lib.init_state(jax.random.key(seed), model, optimizer, T)
+    for batch in batches:
+      single, metrics = single_step(
+          single, jax.tree.map(lambda x: x[i], batch) if per_seed else batch)
+    np.testing.assert_allclose(metrics_S['loss'][i], metrics['loss'],
+                               rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(state.params),
+                         jax.tree.leaves(single.params)):
+      np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_seed_chunks_give_the_vmapped_eval_and_statistics():
+  model, optimizer = _model(), steps_lib.make_optimizer(_opt(), 10)
+  vmapped, chunked = (steps_lib.SeedSteps(model, optimizer, T, S, False, chunk)
+                      for chunk in (0, 2))
+  params = vmapped.init(steps_lib.seed_keys(SEEDS)).params
+  tokens = _batch(np.random.default_rng(1), (B,))['tokens']
+  batch = {'tokens': tokens, 'labels': np.ones(B, np.int32),
+           'weights': np.ones(B, np.float32)}
+  for name in ('eval', 'stats', 'maps'):
+    args = (params, batch if name == 'eval' else tokens)
+    for got, want in zip(jax.tree.leaves(getattr(chunked, name)(*args)),
+                         jax.tree.leaves(getattr(vmapped, name)(*args))):
+      assert got.shape[0] == S
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_negative_seed_chunk_names_the_field():
+  with pytest.raises(ValueError, match='config.seed_chunk'):
+    steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10), T, S, False,
+                    seed_chunk=-1)
+
+
+def test_seed_keys_are_the_single_seed_keys_and_differ():
+  keys = steps_lib.seed_keys(SEEDS)
+  for i, seed in enumerate(SEEDS):
+    np.testing.assert_array_equal(jax.random.key_data(keys[i]),
+                                  jax.random.key_data(jax.random.key(seed)))
+  model, optimizer = _model(), steps_lib.make_optimizer(_opt(), 10)
+  state = jax.vmap(lambda k: steps_lib.init_state(k, model, optimizer, T))(keys)
+  kernel = state.params['encoder']['shared_key_g0']['kernel']
+  assert not np.allclose(kernel[0], kernel[1])
+
+
+def test_overfits_one_batch():
+  model, optimizer = _model(), steps_lib.make_optimizer(
+      _opt(warmup_steps=0, schedule='constant'), 30)
+  state = steps_lib.init_state(jax.random.key(0), model, optimizer, T)
+  batch = _batch(np.random.default_rng(1), (B,))
+  step = jax.jit(steps_lib.train_step)
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.2 * losses[0]
+
+
+def test_eval_step_ignores_padding_rows():
+  model = _model()
+  params = model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))[
+      'params']
+  batch = _batch(np.random.default_rng(2), (B,))
+  weights = np.array([1, 1, 0, 0], np.float32)
+  out = steps_lib.eval_step(params, {**batch, 'weights': weights}, model)
+  half = {k: v[:2] for k, v in batch.items()}
+  ref = steps_lib.eval_step(params, {**half, 'weights': weights[:2]}, model)
+  for key in ('loss_sum', 'correct', 'count'):
+    np.testing.assert_allclose(out[key], ref[key], rtol=1e-5)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('name', 'sgd'), ('schedule', 'step'), ('warmup_steps', 11)])
+def test_bad_optimizer_fields_name_the_field(field, value):
+  with pytest.raises(ValueError, match=f'config.opt.{field}'):
+    steps_lib.make_optimizer(_opt(**{field: value}), 10)
+
+
+_TWO_DEVICE_SCRIPT = '''
+import jax, numpy as np
+from jax_attnshare import model as model_lib, sharing, train
+import ml_collections
+assert jax.device_count() == 2
+spec = sharing.SharingSpec(num_layers=1, components=("key",),
+                           layer_groups=((0,),))
+model = model_lib.Classifier(model_lib.ModelConfig(
+    vocab_size=20, max_length=8, sharing=spec, width=8, num_layers=1,
+    num_heads=2, ffn_width=16))
+opt = steps_lib.make_optimizer(ml_collections.ConfigDict(dict(
+    name="adam", learning_rate=1e-2, warmup_steps=0, schedule="constant",
+    weight_decay=0.0, clip_norm=1.0, b1=0.9, b2=0.999)), 5)
+batch = {"tokens": np.arange(1, 17, dtype=np.int32).reshape(2, 8),
+         "labels": np.array([0, 1], np.int32)}
+steps = steps_lib.SeedSteps(model, opt, 8, 4, per_seed_batches=False)
+state = steps.init(steps_lib.seed_keys([0, 1, 2, 3]))
+state, _ = steps.train(state, steps.put_batch(batch))
+kernel = state.params["encoder"]["shared_key_g0"]["kernel"]
+assert len(kernel.sharding.device_set) == 2, kernel.sharding
+single = steps_lib.init_state(jax.random.key(3), model, opt, 8)
+single, _ = jax.jit(steps_lib.train_step)(single, batch)
+np.testing.assert_allclose(
+    kernel[3], single.params["encoder"]["shared_key_g0"]["kernel"],
+    rtol=1e-5, atol=1e-6)
+try:  # Chunks of seeds run on one device; here the seeds are sharded.
+  steps_lib.SeedSteps(model, opt, 8, 4, per_seed_batches=False, seed_chunk=1)
+except ValueError as e:
+  assert "config.seed_chunk=0" in str(e), e
+else:
+  raise AssertionError("seed_chunk with sharded seeds did not raise")
+print("sharded ok")
+'''
+
+
+def test_seed_axis_is_sharded_over_devices():
+  """With two (simulated) devices, replicas split across them, unchanged."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT],
+                          env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert 'sharded ok' in result.stdout, result.stderr[-3000:]
