@@ -106,7 +106,7 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
       # 0 = Flax's default, std 1/sqrt(E): layer 0's input is then so small
       # that its attention stays uniform (README). 1.0 = PyTorch's nn.Embedding.
       embedding_init_std=0.0))
-  # See sharing.SharingSpec for each field.
+  # Read by sharing.from_config; see sharing.SharingSpec for each field.
   c.sharing = ml_collections.ConfigDict(dict(
       components=BLOG_CONDITIONS.get(condition, condition), group_size=0,
       groups='',

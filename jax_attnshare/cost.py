@@ -1,18 +1,53 @@
-"""Closed-form cost of a ModelConfig: parameters, attention FLOPs, KV cache.
+"""Closed-form cost of a ModelConfig: parameters, FLOPs, KV cache.
 
-Arithmetic on the config and its SharingSpec only, so any size can be
-tabulated without building a model; the tests check each parameter count
-against the initialized tree. FLOPs count the multiply-adds of matrix
-products as 2 and leave out gathers, sums, the softmax and elementwise
-scalings.
+Arithmetic on the config and its SharingSpec only (copies of each part,
+parameter counts, matmul FLOPs), so any size can be tabulated without
+building a model; the tests check each parameter count against the
+initialized tree. FLOPs count the multiply-adds of matrix products as 2 and
+leave out gathers, sums, the softmax and elementwise scalings.
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from jax_attnshare import lisa
 from jax_attnshare import model as model_lib
+from jax_attnshare import sharing
 
-ATTENTION_PARTS = ('query', 'key', 'value', 'qkv', 'output')
+
+def num_copies(spec: sharing.SharingSpec, part: str) -> int:
+  """How many copies of `part` the parameter tree holds."""
+  owners = {('group', spec.group_of(layer))
+            if spec.is_shared(part, layer) else ('layer', layer)
+            for layer in range(spec.num_layers)
+            if part in spec.layer_parts(layer)}
+  return len(owners)
+
+
+def layer_counts(spec: sharing.SharingSpec,
+                 sizes: Mapping[str, int]) -> dict[str, int]:
+  """Closed-form parameter counts of the per-layer components.
+
+  Args:
+    spec: the sharing spec.
+    sizes: parameters of one copy of each part (plus any per-layer parts
+      that are never shared, under other names).
+  Returns:
+    'layers' (all per-layer parameters) and 'shared' (parameters in shared
+    copies).
+  """
+  layers = shared = 0
+  for name, size in sizes.items():
+    if name not in sharing.PARTS:
+      layers += spec.num_layers * size
+      continue
+    layers += num_copies(spec, name) * size
+    if name in spec.shared_parts:
+      groups = {spec.group_of(layer) for layer in range(spec.num_layers)
+                if name in spec.layer_parts(layer)} - {None}
+      shared += len(groups) * size
+  return {'layers': layers, 'shared': shared}
 
 
 def component_sizes(cfg: model_lib.ModelConfig) -> dict[str, int]:
@@ -38,9 +73,10 @@ def param_counts(cfg: model_lib.ModelConfig) -> dict[str, int]:
   embeddings += e * cfg.width + cfg.width if cfg.factorized else 0
   outputs = cfg.vocab_size if cfg.causal else cfg.num_classes
   head = (cfg.width + 1) * outputs
-  attention = sum(spec.num_copies(c) * sizes[c] for c in ATTENTION_PARTS)
+  attention = sum(num_copies(spec, c) * sizes[c]
+                  for c in sharing.ATTENTION_PARTS)
   attention += _posthoc_change(cfg)
-  counted = spec.count(sizes)
+  counted = layer_counts(spec, sizes)
   return {'total': embeddings + counted['layers'] + head
                    + _posthoc_change(cfg),
           'attention': attention, 'embeddings': embeddings,
@@ -49,13 +85,13 @@ def param_counts(cfg: model_lib.ModelConfig) -> dict[str, int]:
 
 def _posthoc_change(cfg: model_lib.ModelConfig) -> int:
   """Parameters that post-hoc sharing removes (head links) or adds (LISA)."""
-  spec, d, k = cfg.sharing, cfg.width, cfg.head_width
+  posthoc, d, k = cfg.sharing.posthoc, cfg.width, cfg.head_width
   bias = 1 if cfg.qkv_bias else 0
-  linked = len(spec.head_links) * (3 * k * (d + bias) + k * d)
+  linked = len(posthoc.head_links) * (3 * k * (d + bias) + k * d)
   substitutes = 0
-  if spec.lisa_rank or spec.lisa_align_width:
-    substitutes = len(spec.attention_map_layers) * lisa.num_params(
-        d, cfg.num_heads, spec.lisa_rank, spec.lisa_align_width)
+  if posthoc.has_lisa:
+    substitutes = len(cfg.sharing.attention_map_layers) * lisa.num_params(
+        d, cfg.num_heads, posthoc.lisa_rank, posthoc.lisa_align_width)
   return substitutes - linked
 
 
@@ -79,14 +115,38 @@ def attention_flops_per_token(cfg: model_lib.ModelConfig, length: int) -> int:
   return total
 
 
+def _ffn_flops_per_token(cfg: model_lib.ModelConfig) -> int:
+  """Forward FLOPs of all FFN sublayers per token (two D x F products)."""
+  return cfg.num_layers * 2 * 2 * cfg.width * cfg.ffn_width
+
+
 def train_flops_per_example(cfg: model_lib.ModelConfig, length: int) -> int:
   """Matmul FLOPs of one training example (forward + backward = 3x forward).
 
   Counts the attention sublayers and the FFN; embeddings, norms and the
   head are left out.
   """
-  ffn = cfg.num_layers * 2 * 2 * cfg.width * cfg.ffn_width
-  return 3 * length * (attention_flops_per_token(cfg, length) + ffn)
+  return 3 * length * (attention_flops_per_token(cfg, length)
+                       + _ffn_flops_per_token(cfg))
+
+
+def forward_flops(cfg: model_lib.ModelConfig, length: int) -> int:
+  """Matmul FLOPs of one forward of one sequence of `length` tokens.
+
+  Counts the attention sublayers, the FFN, LISA's modules in the SA layers
+  and an LM's output layer; embeddings, norms and a classifier's head are
+  left out.
+  """
+  posthoc = cfg.sharing.posthoc
+  per_token = attention_flops_per_token(cfg, length) + _ffn_flops_per_token(
+      cfg)
+  if posthoc.has_lisa:
+    per_token += len(cfg.sharing.attention_map_layers) * lisa.flops_per_token(
+        cfg.width, cfg.num_heads, posthoc.lisa_rank, posthoc.lisa_align_width,
+        length)
+  if cfg.causal:
+    per_token += 2 * cfg.width * cfg.vocab_size
+  return length * per_token
 
 
 def kv_cache_per_token(cfg: model_lib.ModelConfig) -> int:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+import types
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -104,8 +105,7 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
     raise ValueError(f'config.model.embedding_init_std must be a finite number '
                      f'>= 0 (0 = Flax\'s default, 1/sqrt(embedding width)), '
                      f'got {embedding_init_std}.')
-  spec = sharing.SharingSpec.from_config(config.sharing, m.num_layers,
-                                         m.num_heads)
+  spec = sharing.from_config(config.sharing, m.num_layers, m.num_heads)
   return ModelConfig(
       vocab_size=vocab_size, max_length=config.data.max_length, sharing=spec,
       width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
@@ -121,7 +121,7 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
 def stored_heads(cfg: ModelConfig, projection: str,
                  layer: int | None = None) -> int:
   """M: heads of `projection` (in `layer`) that hold their own parameters."""
-  if layer is not None and cfg.sharing.head_links:
+  if layer is not None and cfg.sharing.posthoc.head_links:
     return len(head_links.own_heads(cfg.sharing, layer))
   index = cfg.sharing.head_index(projection)
   return cfg.num_heads if index is None else max(index) + 1
@@ -193,55 +193,69 @@ def _expand(t_BTMK, index):
   return t_BTMK if index is None else t_BTMK[:, :, np.asarray(index)]
 
 
+class Carry(NamedTuple):
+  """What earlier layers computed, passed from layer to layer for reuse.
+
+  Attributes:
+    probs: the last computed softmax map, for SA layers.
+    logits: its unmasked logits, for LISA in SA layers.
+    kv: the last computed stored-head keys and values, for CLA layers.
+    heads: slices of the heads that later layers link to (head_links.py).
+  """
+  probs: jax.Array | None = None
+  logits: jax.Array | None = None
+  kv: tuple[jax.Array, jax.Array] | None = None
+  heads: Mapping[tuple[int, int], dict] = types.MappingProxyType({})
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention of layer `layer`; `shared` maps part -> module.
 
-  `carry` holds what earlier layers computed for reuse: 'probs' (the last
-  computed softmax map, for SA), 'logits' (its unmasked logits, for LISA),
-  'kv' (the last computed stored-head keys and values, for CLA) and 'heads'
-  (slices of heads that later layers link to, head_links.py). Returns the
-  output and the updated carry.
+  Takes and returns the Carry of what earlier layers computed for reuse,
+  updated with what this layer computed.
   """
   config: ModelConfig
   layer: int = 0
   shared: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TT, carry):
+  def __call__(self, x_BTD, mask_B1TT, carry: Carry):
     cfg, spec = self.config, self.config.sharing
     parts = spec.layer_parts(self.layer)
     proj = {c: self.shared.get(c) or make_component(cfg, c, c, self.layer)
             for c in parts if c not in ('ffn', 'norms')}
-    carry = dict(carry)
     if 'qkv' in proj:
       q_BTMK, k_BTMK, v_BTMK = proj['qkv'](x_BTD)
     else:
       q_BTMK, k_BTMK, v_BTMK = (proj[c](x_BTD) if c in proj else None
                                 for c in ('query', 'key', 'value'))
-    if spec.head_links:
+    posthoc = spec.posthoc
+    if posthoc.head_links:
       q_BTMK, k_BTMK, v_BTMK = head_links.gather(
-          spec, self.layer, x_BTD, (q_BTMK, k_BTMK, v_BTMK), carry)
+          spec, self.layer, x_BTD, (q_BTMK, k_BTMK, v_BTMK), carry.heads)
     if spec.reuses_kv(self.layer):
-      k_BTMK, v_BTMK = carry['kv']
+      k_BTMK, v_BTMK = carry.kv
     elif k_BTMK is not None:
-      carry['kv'] = (k_BTMK, v_BTMK)
+      carry = carry._replace(kv=(k_BTMK, v_BTMK))
     if spec.reuses_map(self.layer):
-      if spec.lisa_rank or spec.lisa_align_width:
-        carry['logits'], carry['probs'] = lisa.Substitute(
-            cfg.num_heads, spec.lisa_rank, spec.lisa_align_width,
-            name=lisa.SCOPE)(carry['logits'], x_BTD, mask_B1TT)
-      probs_BHTT = carry['probs']
+      if posthoc.has_lisa:
+        logits_BHTT, probs_BHTT = lisa.Substitute(
+            cfg.num_heads, posthoc.lisa_rank, posthoc.lisa_align_width,
+            name=lisa.SCOPE)(carry.logits, x_BTD, mask_B1TT)
+        carry = carry._replace(logits=logits_BHTT, probs=probs_BHTT)
+      probs_BHTT = carry.probs
     else:
       q_BTHK = _expand(q_BTMK, spec.head_index('query'))
       k_BTHK = _expand(k_BTMK, spec.head_index('key'))
       logits_BHTT = jnp.einsum('bqhk,bthk->bhqt', q_BTHK, k_BTHK)
       logits_BHTT = logits_BHTT / jnp.sqrt(cfg.head_width).astype(x_BTD.dtype)
-      carry['logits'] = logits_BHTT  # Unmasked, for LISA layers after it.
+      # Unmasked, for LISA layers after it.
+      carry = carry._replace(logits=logits_BHTT)
       if mask_B1TT is not None:
         logits_BHTT = jnp.where(mask_B1TT, logits_BHTT,
                                 jnp.finfo(logits_BHTT.dtype).min)
       probs_BHTT = jax.nn.softmax(logits_BHTT, axis=-1)
-      carry['probs'] = probs_BHTT
+      carry = carry._replace(probs=probs_BHTT)
     # Sown only when the caller makes the collection mutable, so the training
     # step pays nothing for it. SA layers sow the map they reuse.
     self.sow(ATTENTION_COLLECTION, 'attention_probs', probs_BHTT)
@@ -252,10 +266,11 @@ class SelfAttention(nn.Module):
       # sum_h o_h W_m(h) = sum_m (sum over h with m(h) = m of o_h) W_m.
       onehot_HM = np.eye(max(index) + 1, dtype=np.float32)[np.asarray(index)]
       out_BTHK = jnp.einsum('bthk,hm->btmk', out_BTHK, onehot_HM)
-    if spec.head_links:
+    if posthoc.head_links:
       out_BTD = head_links.output(spec, self.layer, proj['output'], out_BTHK,
-                                  carry)
-      return out_BTD, head_links.donate(spec, self.layer, proj, carry)
+                                  carry.heads)
+      return out_BTD, carry._replace(
+          heads=head_links.donate(spec, self.layer, proj, carry.heads))
     return proj['output'](out_BTHK), carry
 
 
@@ -266,7 +281,7 @@ class EncoderBlock(nn.Module):
   shared: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TT, carry, deterministic: bool):
+  def __call__(self, x_BTD, mask_B1TT, carry: Carry, deterministic: bool):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
     attn = {c: m for c, m in self.shared.items() if c not in ('ffn', 'norms')}
@@ -305,7 +320,7 @@ class Encoder(nn.Module):
     groups = [{c: make_component(cfg, c, f'shared_{c}_g{g}')
                for c in spec.shared_parts}
               for g in range(len(spec.layer_groups))]
-    carry = {}
+    carry = Carry()
     for layer in range(cfg.num_layers):
       g = spec.group_of(layer)
       shared = groups[g] if g is not None else {}

@@ -1,8 +1,11 @@
 """SharingSpec: which parts of the attention and blocks are shared, and how.
 
-The spec is a small frozen value built once from `config.sharing`; the model
-reads it and nothing else interprets it. It covers four distinct kinds of
-sharing, which compose:
+`SharingSpec` is a frozen value of typed fields, checked against each other
+when it is built; the model asks it which parts each layer uses and which
+stored head each head uses. `from_config` parses the text fields of
+`config.sharing` into one; cost.py counts the parameters, heads, FLOPs and
+cache that a spec implies. It covers four kinds of sharing that a model can
+be trained with, which compose:
 
 * Projection weights across layers (the blog, ALBERT): a component named in
   `components` is created once per layer group and bound in every layer of
@@ -17,16 +20,17 @@ sharing, which compose:
   map of the most recent layer that computed one; with CLA (arXiv 2405.12981)
   only every k-th layer computes K and V and the layers after it reuse them.
 
-Two more come from post-hoc sharing of trained models (posthoc.py): cross-
-layer head links (DirectShare: a head uses the Q/K/V/O parameters of a head
-of an earlier layer, stored once; head_links.py) and LISA modules in the SA
-layers (lisa.py).
+Post-hoc sharing of a trained model (posthoc/methods.py) adds a
+`PosthocSharing`, which no config sets: cross-layer head links (DirectShare:
+a head uses the Q/K/V/O parameters of a head of an earlier layer, stored
+once; head_links.py) and LISA modules in the SA layers (lisa.py). The
+post-hoc methods build it with `SharingSpec.with_posthoc`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Collection
 
 # Components that can be shared across layers. Letters are accepted as short
 # names so a config arg like `share=kv` reads like the blog's conditions.
@@ -38,6 +42,8 @@ HEAD_PROJECTIONS = ('query', 'key', 'value', 'output')
 # The per-layer parts of a block: COMPONENTS, with 'qkv' (the shared-weight
 # Q/K/V module) in place of the three projections when shared_weight is set.
 PARTS = COMPONENTS + ('qkv',)
+# The parts that make the attention sublayer.
+ATTENTION_PARTS = ('query', 'key', 'value', 'qkv', 'output')
 
 
 def parse_components(text: str) -> tuple[str, ...]:
@@ -109,6 +115,66 @@ def parse_head_maps(text: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
   return tuple((p, maps[p]) for p in HEAD_PROJECTIONS if p in maps)
 
 
+def from_config(sharing_config, num_layers: int,
+                num_heads: int = 0) -> SharingSpec:
+  """Parses `config.sharing` into a SharingSpec; absent fields are off."""
+  components = parse_components(sharing_config.components)
+  group_size = sharing_config.group_size
+  groups_text = sharing_config.groups.strip()
+  if group_size < 0:
+    raise ValueError(
+        f'config.sharing.group_size must be >= 0 (0 = all layers), got '
+        f'{group_size}.')
+  if group_size and groups_text:
+    raise ValueError(
+        'config.sharing.group_size and config.sharing.groups are both set; '
+        'give consecutive groups of n layers or an explicit list, not both.')
+  if groups_text:
+    groups = parse_groups(groups_text)
+  elif group_size:
+    if num_layers % group_size:
+      raise ValueError(
+          f'config.sharing.group_size={group_size} does not divide '
+          f'config.model.num_layers={num_layers}; pick a divisor or list '
+          'the groups explicitly in config.sharing.groups.')
+    groups = tuple(tuple(range(s, s + group_size))
+                   for s in range(0, num_layers, group_size))
+  else:
+    groups = (tuple(range(num_layers)),)
+  if not components:
+    groups = ()
+  map_layers = _parse_layers(
+      sharing_config.get('attention_map_layers', ''), 'attention_map_layers')
+  return SharingSpec(
+      num_layers=num_layers, components=components, layer_groups=groups,
+      num_heads=num_heads, kv_heads=sharing_config.get('kv_heads', 0),
+      head_maps=parse_head_maps(sharing_config.get('head_map', '')),
+      shared_weight=sharing_config.get('shared_weight', False),
+      attention_map_layers=tuple(sorted(set(map_layers))),
+      kv_activation_every=sharing_config.get('kv_activation_every', 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class PosthocSharing:
+  """Sharing added to a trained model by posthoc/methods.py, never a config.
+
+  Attributes:
+    head_links: (layer, head, source layer, source head): the head uses the
+      Q, K, V and O parameters of a head of an earlier layer (DirectShare).
+    lisa_rank: rank of LISA's low-rank Q/K correction in the SA layers; 0
+      with lisa_align_width 0 is plain SA.
+    lisa_align_width: hidden width of LISA's head-alignment MLP; 0 is none.
+  """
+  head_links: tuple[tuple[int, int, int, int], ...] = ()
+  lisa_rank: int = 0
+  lisa_align_width: int = 0
+
+  @property
+  def has_lisa(self) -> bool:
+    """The SA layers hold LISA modules (lisa.Substitute)."""
+    return bool(self.lisa_rank or self.lisa_align_width)
+
+
 @dataclasses.dataclass(frozen=True)
 class SharingSpec:
   """What is shared, across which layers and heads (see the module docstring).
@@ -128,11 +194,7 @@ class SharingSpec:
       recent earlier layer that computed one.
     kv_activation_every: CLA factor k: layers l with l % k == 0 compute K and
       V, the others reuse them; 0 (or 1) is off.
-    head_links: (layer, head, source layer, source head): the head uses the
-      Q, K, V and O parameters of a head of an earlier layer (DirectShare).
-    lisa_rank: rank of LISA's low-rank Q/K correction in the SA layers; 0
-      with lisa_align_width 0 is plain SA.
-    lisa_align_width: hidden width of LISA's head-alignment MLP; 0 is none.
+    posthoc: head links and LISA added by post-hoc sharing (with_posthoc).
   """
   num_layers: int
   components: tuple[str, ...] = ()
@@ -143,9 +205,7 @@ class SharingSpec:
   shared_weight: bool = False
   attention_map_layers: tuple[int, ...] = ()
   kv_activation_every: int = 0
-  head_links: tuple[tuple[int, int, int, int], ...] = ()
-  lisa_rank: int = 0
-  lisa_align_width: int = 0
+  posthoc: PosthocSharing = PosthocSharing()
 
   def __post_init__(self):
     seen = set()
@@ -229,8 +289,9 @@ class SharingSpec:
 
   def _check_posthoc(self):
     heads = range(self.num_heads)
-    targets = [(l, h) for l, h, _, _ in self.head_links]
-    for layer, head, src_layer, src_head in self.head_links:
+    links = self.posthoc.head_links
+    targets = [(l, h) for l, h, _, _ in links]
+    for layer, head, src_layer, src_head in links:
       if not (0 <= src_layer < layer < self.num_layers and head in heads
               and src_head in heads):
         raise ValueError(
@@ -244,64 +305,40 @@ class SharingSpec:
             'both linked and a source; sources keep their own parameters.')
     if len(set(targets)) != len(targets):
       raise ValueError('sharing head_links: a head is linked twice.')
-    linked_layers = {x for link in self.head_links for x in (link[0], link[2])}
-    attention_shared = set(self.shared_parts) & {'query', 'key', 'value',
-                                                 'output', 'qkv'}
-    if self.head_links and (
-        self.kv_heads or self.head_maps or self.shared_weight
-        or attention_shared or self.kv_activation_every > 1
-        or linked_layers & set(self.attention_map_layers)):
+    linked_layers = {x for link in links for x in (link[0], link[2])}
+    if links and not self.attention_unshared(linked_layers):
       raise ValueError(
           'sharing head_links need per-layer, per-head Q/K/V/O parameters: '
           'they cannot be combined with kv_heads, head_map, shared_weight, '
           'cross-layer attention sharing, CLA or SA on the same layers.')
-    if self.lisa_rank < 0 or self.lisa_align_width < 0:
+    rank, width = self.posthoc.lisa_rank, self.posthoc.lisa_align_width
+    if rank < 0 or width < 0:
       raise ValueError(
-          f'sharing lisa_rank={self.lisa_rank} and lisa_align_width='
-          f'{self.lisa_align_width} must be >= 0.')
-    if (self.lisa_rank or self.lisa_align_width) and not (
-        self.attention_map_layers):
+          f'sharing lisa_rank={rank} and lisa_align_width={width} must be '
+          '>= 0.')
+    if self.posthoc.has_lisa and not self.attention_map_layers:
       raise ValueError('sharing lisa_rank/lisa_align_width act on SA layers; '
                        'config.sharing.attention_map_layers is empty.')
 
-  @classmethod
-  def from_config(cls, sharing_config, num_layers: int,
-                  num_heads: int = 0) -> SharingSpec:
-    """Builds the spec from `config.sharing`; new fields default to off."""
-    components = parse_components(sharing_config.components)
-    group_size = sharing_config.group_size
-    groups_text = sharing_config.groups.strip()
-    if group_size < 0:
-      raise ValueError(
-          f'config.sharing.group_size must be >= 0 (0 = all layers), got '
-          f'{group_size}.')
-    if group_size and groups_text:
-      raise ValueError(
-          'config.sharing.group_size and config.sharing.groups are both set; '
-          'give consecutive groups of n layers or an explicit list, not both.')
-    if groups_text:
-      groups = parse_groups(groups_text)
-    elif group_size:
-      if num_layers % group_size:
-        raise ValueError(
-            f'config.sharing.group_size={group_size} does not divide '
-            f'config.model.num_layers={num_layers}; pick a divisor or list '
-            'the groups explicitly in config.sharing.groups.')
-      groups = tuple(tuple(range(s, s + group_size))
-                     for s in range(0, num_layers, group_size))
-    else:
-      groups = (tuple(range(num_layers)),)
-    if not components:
-      groups = ()
-    map_layers = _parse_layers(
-        sharing_config.get('attention_map_layers', ''), 'attention_map_layers')
-    return cls(
-        num_layers=num_layers, components=components, layer_groups=groups,
-        num_heads=num_heads, kv_heads=sharing_config.get('kv_heads', 0),
-        head_maps=parse_head_maps(sharing_config.get('head_map', '')),
-        shared_weight=sharing_config.get('shared_weight', False),
-        attention_map_layers=tuple(sorted(set(map_layers))),
-        kv_activation_every=sharing_config.get('kv_activation_every', 0))
+  def with_posthoc(self, **fields) -> SharingSpec:
+    """This spec with the given PosthocSharing fields set (and checked)."""
+    return dataclasses.replace(
+        self, posthoc=dataclasses.replace(self.posthoc, **fields))
+
+  def attention_unshared(self, layers: Collection[int] | None = None
+                         ) -> bool:
+    """Whether no trained option shares attention parameters or activations.
+
+    That is: no kv_heads, head map, shared weight, cross-layer sharing of an
+    attention part or CLA anywhere, and no SA layer among `layers` (default:
+    all layers). Post-hoc sharing (`posthoc`) is not looked at.
+    """
+    sa_layers = set(self.attention_map_layers)
+    if layers is not None:
+      sa_layers &= set(layers)
+    return not (set(self.shared_parts) & set(ATTENTION_PARTS) or self.kv_heads
+                or self.head_maps or self.shared_weight
+                or self.kv_activation_every > 1 or sa_layers)
 
   def group_of(self, layer: int) -> int | None:
     """Index of the group that `layer` belongs to, or None if unshared."""
@@ -361,36 +398,6 @@ class SharingSpec:
       index = tuple(rank[x] for x in m)
     return None if index == tuple(range(self.num_heads)) else index
 
-  def num_copies(self, part: str) -> int:
-    """How many copies of `part` the parameter tree holds."""
-    owners = {('group', self.group_of(layer))
-              if self.is_shared(part, layer) else ('layer', layer)
-              for layer in range(self.num_layers)
-              if part in self.layer_parts(layer)}
-    return len(owners)
-
-  def count(self, sizes: Mapping[str, int]) -> dict[str, int]:
-    """Closed-form parameter counts of the per-layer components.
-
-    Args:
-      sizes: parameters of one copy of each part (plus any per-layer parts
-        that are never shared, under other names).
-    Returns:
-      'layers' (all per-layer parameters) and 'shared' (parameters in shared
-      copies).
-    """
-    layers = shared = 0
-    for name, size in sizes.items():
-      if name not in PARTS:
-        layers += self.num_layers * size
-        continue
-      layers += self.num_copies(name) * size
-      if name in self.shared_parts:
-        groups = {self.group_of(layer) for layer in range(self.num_layers)
-                  if name in self.layer_parts(layer)} - {None}
-        shared += len(groups) * size
-    return {'layers': layers, 'shared': shared}
-
   def to_string(self) -> str:
     """E.g. 'key,value@all', 'ffn,query@0,1;2,3; kv_heads=2' or 'none'."""
     items = []
@@ -411,12 +418,12 @@ class SharingSpec:
                    + ','.join(map(str, self.attention_map_layers)))
     if self.kv_activation_every > 1:
       items.append(f'kv_activations/{self.kv_activation_every}')
-    if self.lisa_rank or self.lisa_align_width:
-      items.append(f'lisa(rank={self.lisa_rank},'
-                   f'align={self.lisa_align_width})')
-    if self.head_links:
+    if self.posthoc.has_lisa:
+      items.append(f'lisa(rank={self.posthoc.lisa_rank},'
+                   f'align={self.posthoc.lisa_align_width})')
+    if self.posthoc.head_links:
       items.append('head_links@' + ','.join(
-          f'{l}.{h}<{sl}.{sh}' for l, h, sl, sh in self.head_links))
+          f'{l}.{h}<{sl}.{sh}' for l, h, sl, sh in self.posthoc.head_links))
     return '; '.join(items) or 'none'
 
 

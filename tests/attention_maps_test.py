@@ -87,13 +87,13 @@ def test_sa_output_follows_the_formula_when_the_reused_map_changes():
   probs_BHTT = jax.nn.softmax(jax.random.normal(keys[1], (2, H, T, T)))
   delta_BHTT = 0.1 * jax.random.normal(keys[2], (2, H, T, T))
   params = attention.init(jax.random.key(2), x_BTD, MASK_B1TT,
-                          {'probs': probs_BHTT})['params']
+                          model_lib.Carry(probs=probs_BHTT))['params']
   assert set(params) == {'value', 'output'}
 
   def out(p_BHTT):
     y_BTD, carry = attention.apply({'params': params}, x_BTD, MASK_B1TT,
-                                   {'probs': p_BHTT})
-    assert carry['probs'] is p_BHTT  # Passed on to later SA layers.
+                                   model_lib.Carry(probs=p_BHTT))
+    assert carry.probs is p_BHTT  # Passed on to later SA layers.
     return y_BTD
 
   np.testing.assert_allclose(out(probs_BHTT),
@@ -121,17 +121,17 @@ def test_cla_layers_reuse_keys_and_values_with_their_own_queries():
   x_BTD = jax.random.normal(keys[0], (2, T, D))
   k_BTMK, v_BTMK = (jax.random.normal(k, (2, T, 2, K)) for k in keys[1:])
   attention = model_lib.SelfAttention(cfg, layer=1)
-  carry = {'kv': (k_BTMK, v_BTMK)}
+  carry = model_lib.Carry(kv=(k_BTMK, v_BTMK))
   p = attention.init(jax.random.key(4), x_BTD, MASK_B1TT, carry)['params']
   y_BTD, new_carry = attention.apply({'params': p}, x_BTD, MASK_B1TT, carry)
-  assert new_carry['kv'][0] is k_BTMK and new_carry['kv'][1] is v_BTMK
+  assert new_carry.kv[0] is k_BTMK and new_carry.kv[1] is v_BTMK
 
   group = np.array([0, 0, 1, 1])  # Query head h uses K/V head h // 2.
   q_BTHK = _project(x_BTD, p['query'])
   logits = jnp.einsum('bqhk,bthk->bhqt', q_BTHK, k_BTMK[:, :, group])
   logits = jnp.where(MASK_B1TT, logits / np.sqrt(K), -1e30)
   probs_BHTT = jax.nn.softmax(logits)
-  np.testing.assert_allclose(new_carry['probs'], probs_BHTT, rtol=1e-5,
+  np.testing.assert_allclose(new_carry.probs, probs_BHTT, rtol=1e-5,
                              atol=1e-6)
   out_BTHK = jnp.einsum('bhqt,bthk->bqhk', probs_BHTT, v_BTMK[:, :, group])
   np.testing.assert_allclose(y_BTD, _output(out_BTHK, p['output']),
@@ -142,9 +142,11 @@ def test_computing_layers_pass_on_their_keys_and_values():
   cfg = _cfg(kv_activation_every=2)
   attention = model_lib.SelfAttention(cfg, layer=2)
   x_BTD = jax.random.normal(jax.random.key(5), (2, T, D))
-  p = attention.init(jax.random.key(6), x_BTD, MASK_B1TT, {})['params']
-  _, carry = attention.apply({'params': p}, x_BTD, MASK_B1TT, {})
-  np.testing.assert_allclose(carry['kv'][0], _project(x_BTD, p['key']),
+  p = attention.init(jax.random.key(6), x_BTD, MASK_B1TT,
+                     model_lib.Carry())['params']
+  _, carry = attention.apply({'params': p}, x_BTD, MASK_B1TT,
+                             model_lib.Carry())
+  np.testing.assert_allclose(carry.kv[0], _project(x_BTD, p['key']),
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(carry['kv'][1], _project(x_BTD, p['value']),
+  np.testing.assert_allclose(carry.kv[1], _project(x_BTD, p['value']),
                              rtol=1e-5, atol=1e-6)

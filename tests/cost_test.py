@@ -103,6 +103,43 @@ def test_counts_by_hand():
   assert cost.param_counts(albert)['embeddings'] == (V + T) * 8 + 8 * D + D
 
 
+def test_copies_and_layer_counts_by_hand():
+  sizes = {'key': 10, 'ffn': 100, 'layer_norms': 1}
+  spec = sharing.SharingSpec(num_layers=4, components=('key',),
+                             layer_groups=((0, 1), (2,)))
+  # key: two group copies + layer 3's own; ffn and norms: one per layer.
+  assert cost.num_copies(spec, 'key') == 3
+  assert cost.layer_counts(spec, sizes) == {
+      'layers': 3 * 10 + 4 * 100 + 4, 'shared': 20}
+
+
+@pytest.mark.parametrize('spec,kw,flops_t8,flops_t5', [
+    ({}, {}, 110592, 66240),
+    (dict(kv_heads=2), dict(causal=True), 108544, 64960),
+    (dict(attention_map_layers=(1, 2), posthoc=sharing.PosthocSharing(
+        lisa_rank=2, lisa_align_width=3)), {}, 106496, 62720),
+    (dict(attention_map_layers=(2,),
+          posthoc=sharing.PosthocSharing(lisa_rank=1)), dict(causal=True),
+     113152, 68200),
+    (dict(kv_activation_every=2, kv_heads=1), {}, 90112, 53440),
+    (dict(posthoc=sharing.PosthocSharing(
+        head_links=((1, 0, 0, 2), (2, 3, 0, 1)))), {}, 110592, 66240),
+])
+def test_forward_flops_pinned(spec, kw, flops_t8, flops_t5):
+  """The numbers of the post-hoc study's forward_flops before it moved."""
+  cfg = config(spec, **kw)
+  assert cost.forward_flops(cfg, 8) == flops_t8
+  assert cost.forward_flops(cfg, 5) == flops_t5
+
+
+def test_forward_flops_by_hand():
+  # Attention + FFN per token; an LM adds its output layer.
+  per_token = cost.attention_flops_per_token(config(), T) + N * 4 * D * 2 * D
+  assert cost.forward_flops(config(), T) == T * per_token
+  assert cost.forward_flops(config(causal=True), T) == T * (
+      per_token + 2 * D * V)
+
+
 def test_attention_flops_by_hand():
   mha = N * (2 * 4 * D * D + 2 * 2 * H * K * T)
   assert cost.attention_flops_per_token(config(), T) == mha

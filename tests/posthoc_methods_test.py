@@ -39,10 +39,27 @@ def _out(cfg, params):
                                                     TOKENS))
 
 
+def _copy_shared_heads(params, links):
+  """Dense DirectShare: each linked head's Q/K/V/O slices become copies.
+
+  The tree keeps its shape (every head stored), so it runs on the unshared
+  model; methods.direct_share must compute the same function.
+  """
+  params = jax.tree.map(np.array, params)
+  for layer, head, src_layer, src_head in links:
+    dst = params['encoder'][f'layer_{layer}']['attention']
+    src = params['encoder'][f'layer_{src_layer}']['attention']
+    for c in methods.QKV:
+      dst[c]['kernel'][:, head] = src[c]['kernel'][:, src_head]
+      if 'bias' in dst[c]:
+        dst[c]['bias'][head] = src[c]['bias'][src_head]
+    dst['output']['kernel'][head] = src['output']['kernel'][src_head]
+  return params
+
+
 def _with_copy(params, layer, head, src_layer, src_head):
   """A tree where head (layer, head) is an exact copy of the source head."""
-  return methods.copy_shared_heads(params, [(layer, head, src_layer,
-                                             src_head)])
+  return _copy_shared_heads(params, [(layer, head, src_layer, src_head)])
 
 
 def test_best_match_is_in_an_earlier_layer_and_finds_a_copy():
@@ -92,7 +109,7 @@ def test_direct_share_shares_exactly_the_selected_heads(ratio):
                              if s[:2] not in donors}
   assert all(sl < l for l, _, sl, _ in plan.links)
 
-  dense = methods.copy_shared_heads(params, plan.links)
+  dense = _copy_shared_heads(params, plan.links)
   linked = {(l, h) for l, h, *_ in plan.links}
   for l in range(N):
     for h in range(H):
@@ -126,7 +143,7 @@ def test_a_layer_may_lose_every_own_head():
       == (D, 0, D // H)
   np.testing.assert_allclose(
       _out(shared_cfg, shared),
-      _out(cfg, methods.copy_shared_heads(params, links)), atol=1e-5)
+      _out(cfg, _copy_shared_heads(params, links)), atol=1e-5)
 
 
 def test_too_large_ratio_raises():
@@ -228,16 +245,19 @@ def test_lisa_trains_only_its_modules_and_moves_toward_the_teacher():
 
 def test_lisa_needs_sa_layers():
   with pytest.raises(ValueError, match='attention_map_layers is empty'):
-    sharing.SharingSpec(num_layers=N, num_heads=H, lisa_rank=2)
+    sharing.SharingSpec(num_layers=N, num_heads=H,
+                        posthoc=sharing.PosthocSharing(lisa_rank=2))
 
 
 def test_head_links_must_point_to_earlier_unlinked_heads():
   with pytest.raises(ValueError, match='strictly earlier'):
     sharing.SharingSpec(num_layers=N, num_heads=H,
-                        head_links=((1, 0, 1, 2),))
+                        posthoc=sharing.PosthocSharing(
+                            head_links=((1, 0, 1, 2),)))
   with pytest.raises(ValueError, match='both linked and a source'):
     sharing.SharingSpec(num_layers=N, num_heads=H,
-                        head_links=((1, 0, 0, 2), (2, 0, 1, 0)))
+                        posthoc=sharing.PosthocSharing(
+                            head_links=((1, 0, 0, 2), (2, 0, 1, 0))))
 
 
 def test_posthoc_needs_an_unshared_source():
@@ -247,3 +267,8 @@ def test_posthoc_needs_an_unshared_source():
       layer_groups=(tuple(range(N)),)))
   with pytest.raises(ValueError, match='config.sharing of the source model'):
     methods.check_unshared(shared)
+  methods.check_unshared(cfg)
+  # A model already shared post hoc is not a source either.
+  _, linked_cfg = methods.direct_share(_init(cfg), cfg, [(1, 0, 0, 0)])
+  with pytest.raises(ValueError, match='config.sharing of the source model'):
+    methods.check_unshared(linked_cfg)

@@ -41,6 +41,7 @@ import numpy as np
 from jax_attnshare import head_links
 from jax_attnshare import lisa
 from jax_attnshare import model as model_lib
+from jax_attnshare import sharing
 
 STRATEGIES = ('q', 'k', 'v', 'qk', 'qkv', 'total')
 QKV = ('query', 'key', 'value')
@@ -49,10 +50,8 @@ QKV = ('query', 'key', 'value')
 def check_unshared(cfg: model_lib.ModelConfig) -> None:
   """Post-hoc sharing starts from per-layer, per-head attention weights."""
   spec = cfg.sharing
-  shared = set(spec.shared_parts) & {'query', 'key', 'value', 'output', 'qkv'}
-  if (shared or spec.kv_heads or spec.head_maps or spec.shared_weight
-      or spec.attention_map_layers or spec.kv_activation_every > 1
-      or spec.head_links):
+  if (not spec.attention_unshared()
+      or spec.posthoc != sharing.PosthocSharing()):
     raise ValueError(
         f'config.sharing of the source model is {spec.to_string()!r}; '
         'post-hoc sharing needs a model whose every layer has its own query, '
@@ -152,23 +151,6 @@ def plan_direct_share(cos_LHLH: np.ndarray, ratio: float,
   return DirectSharePlan(ratio, strategy, selected, links)
 
 
-def copy_shared_heads(params: Any, links) -> Any:
-  """Dense DirectShare: each linked head's Q/K/V/O slices become copies.
-
-  The tree keeps its shape (every head stored), so it runs on the unshared
-  model; direct_share computes the same function storing each head once.
-  """
-  params = jax.tree.map(np.array, params)
-  for layer, head, src_layer, src_head in links:
-    dst, src = _attention(params, layer), _attention(params, src_layer)
-    for c in QKV:
-      dst[c]['kernel'][:, head] = src[c]['kernel'][:, src_head]
-      if 'bias' in dst[c]:
-        dst[c]['bias'][head] = src[c]['bias'][src_head]
-    dst['output']['kernel'][head] = src['output']['kernel'][src_head]
-  return params
-
-
 def _with_attention(params: Any, layer: int, attention: dict) -> None:
   """Replaces one layer's attention subtree in a tree of fresh dicts."""
   params['encoder'][f'layer_{layer}'] = {
@@ -180,9 +162,10 @@ def direct_share(params: Any, cfg: model_lib.ModelConfig,
   """DirectShare storing each shared head once (SharingSpec.head_links).
 
   Linked heads' slices are removed from their layers; the model computes them
-  from their sources' slices. Same function as copy_shared_heads.
+  from their sources' slices, so the function is that of the unshared model
+  with each linked head's Q/K/V/O slices replaced by copies of its source's.
   """
-  spec = dataclasses.replace(cfg.sharing, head_links=tuple(sorted(links)))
+  spec = cfg.sharing.with_posthoc(head_links=tuple(sorted(links)))
   params = jax.tree.map(lambda x: x, params)  # Fresh containers.
   for layer in sorted({link[0] for link in links}):
     own = np.asarray(head_links.own_heads(spec, layer), int)
@@ -253,8 +236,8 @@ def with_lisa(params: Any, cfg: model_lib.ModelConfig, rank: int,
               align_width: int, key: jax.Array
               ) -> tuple[Any, model_lib.ModelConfig]:
   """Adds fresh LISA modules (zero output: plain SA) to an SA model's tree."""
-  spec = dataclasses.replace(cfg.sharing, lisa_rank=rank,
-                             lisa_align_width=align_width)
+  spec = cfg.sharing.with_posthoc(lisa_rank=rank,
+                                  lisa_align_width=align_width)
   cfg = dataclasses.replace(cfg, sharing=spec)
   tokens_BT = jnp.zeros((1, min(cfg.max_length, 8)), jnp.int32)
   fresh = model_lib.make_model(cfg).init(key, tokens_BT)['params']
