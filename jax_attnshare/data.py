@@ -242,11 +242,16 @@ class TextDataset:
   vocab_size: int
 
 
-def check_fields(config: Any) -> None:
-  """Raises ValueError naming the first invalid config.data field."""
-  checks = [('vocab_size', 3), ('max_length', 2), ('train_examples', 0),
-            ('test_examples', 0), ('data_seed', 0),
-            ('tokenizer_train_examples', 1)]
+# (field, minimum) of config.data: the fields that pick the texts, which
+# post-hoc studies share with training, and the tokenizer's, which only
+# training has.
+_SUBSET_FIELDS = (('train_examples', 0), ('test_examples', 0),
+                  ('data_seed', 0))
+_TOKENIZER_FIELDS = (('vocab_size', 3), ('max_length', 2),
+                     ('tokenizer_train_examples', 1))
+
+
+def _check(config: Any, checks: Sequence[tuple[str, int]]) -> None:
   for field, minimum in checks:
     value = getattr(config, field)
     if not isinstance(value, int) or value < minimum:
@@ -254,16 +259,33 @@ def check_fields(config: Any) -> None:
           f'config.data.{field} must be an int >= {minimum}, got {value!r}')
 
 
-def _subset_index(split_size: int, size: int, field: str,
-                  rng_seed: list[int]) -> np.ndarray:
-  """Returns sorted indices of a random subset of `size` examples; 0 = all."""
+def check_subset_fields(config: Any) -> None:
+  """Raises ValueError naming the first invalid field read_dataset reads."""
+  _check(config, _SUBSET_FIELDS)
+
+
+def check_fields(config: Any) -> None:
+  """Raises ValueError naming the first invalid config.data field."""
+  _check(config, _TOKENIZER_FIELDS + _SUBSET_FIELDS)
+
+
+def _subset_index(split_size: int, size: int, data_seed: int,
+                 split: str) -> np.ndarray:
+  """Sorted indices of the seeded subset of `size` examples; 0 = all.
+
+  The one place a split's examples are picked, so training and post-hoc
+  studies with the same config.data fields see the same texts.
+  """
+  field = f'{split}_examples'
   if size > split_size:
     raise ValueError(f'config.data.{field}={size} exceeds the split size '
                      f'{split_size}')
   if size == 0:
     return np.arange(split_size)
-  return np.sort(np.random.default_rng(rng_seed).choice(
-      split_size, size, replace=False))
+  split_id = ('train', 'test').index(split)
+  return np.sort(np.random.default_rng(
+      [data_seed, _SUBSET_STREAM, split_id]).choice(
+          split_size, size, replace=False))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -290,12 +312,18 @@ class DatasetTexts:
 
 def read_dataset(
     data_config: Any,
-    read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts
+    read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts,
+    tokenizer_texts: int = 0
 ) -> DatasetTexts:
-  """Reads and subsets the train and test splits; writes nothing."""
-  check_fields(data_config)
-  splits, tokenizer_texts = {}, []
-  for split_id, split in enumerate(['train', 'test']):
+  """Reads, cleans and subsets the train and test splits; writes nothing.
+
+  Keeps the full train split's first `tokenizer_texts` texts for training a
+  tokenizer. Reads only the config.data fields of check_subset_fields (and
+  dataset, data_dir, allow_download).
+  """
+  check_subset_fields(data_config)
+  splits, first_texts = {}, []
+  for split in ('train', 'test'):
     start = time.time()
     texts, labels = read_texts(data_config.dataset, split,
                                data_config.data_dir or None,
@@ -303,14 +331,14 @@ def read_dataset(
     texts = [clean_text(t) for t in texts]
     logging.info('Read %d %s texts in %.1fs', len(texts), split,
                  time.time() - start)
-    field = f'{split}_examples'
-    index = _subset_index(len(texts), getattr(data_config, field), field,
-                          [data_config.data_seed, _SUBSET_STREAM, split_id])
+    index = _subset_index(len(texts),
+                          getattr(data_config, f'{split}_examples'),
+                          data_config.data_seed, split)
     if split == 'train':
-      tokenizer_texts = texts[:data_config.tokenizer_train_examples]
+      first_texts = texts[:tokenizer_texts]
     splits[split] = SplitTexts([texts[i] for i in index],
                                np.asarray(labels, np.int32)[index])
-  return DatasetTexts(splits['train'], splits['test'], tokenizer_texts)
+  return DatasetTexts(splits['train'], splits['test'], first_texts)
 
 
 def tokenize_dataset(texts: DatasetTexts, data_config: Any,
@@ -338,8 +366,10 @@ def load_text_dataset(
     read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts
 ) -> TextDataset:
   """Reads, subsets and tokenizes the train and test splits."""
-  return tokenize_dataset(read_dataset(data_config, read_texts), data_config,
-                          workdir)
+  check_fields(data_config)
+  texts = read_dataset(data_config, read_texts,
+                       data_config.tokenizer_train_examples)
+  return tokenize_dataset(texts, data_config, workdir)
 
 
 class TrainBatches:

@@ -168,6 +168,17 @@ def over_seeds(fn: Callable, per_seed: tuple[bool, ...],
   return mapped
 
 
+def seed_init(model: nn.Module, optimizer: optax.GradientTransformation,
+              length: int, seed_chunk: int = 0) -> Callable:
+  """Typed keys [S] -> the seed-stacked TrainState (see over_seeds).
+
+  Training jits it; restoring a workdir takes its jax.eval_shape.
+  """
+  init = functools.partial(init_state, model=model, optimizer=optimizer,
+                           length=length)
+  return over_seeds(init, (True,), seed_chunk)
+
+
 def sharded_over_devices(num_seeds: int, seed_chunk: int) -> bool:
   """Whether SeedSteps shards the seeds; raises for an impossible layout."""
   devices = jax.devices()
@@ -210,9 +221,7 @@ class SeedSteps:
     def seeded(fn, per_seed_batch=False):
       return over_seeds(fn, (True, per_seed_batch), seed_chunk)
 
-    init = functools.partial(init_state, model=model, optimizer=optimizer,
-                             length=length)
-    self.init = jax.jit(over_seeds(init, (True,), seed_chunk),
+    self.init = jax.jit(seed_init(model, optimizer, length, seed_chunk),
                         out_shardings=self.seed_sharding)
     self.train = jax.jit(
         seeded(functools.partial(train_step, losses=objective(model.config)),

@@ -24,8 +24,9 @@ def study_config(source: str, arg: str | None) -> ml_collections.ConfigDict:
   c.replica = 0
   # Seeds the fine-tuning batches and fresh LISA modules.
   c.seed = 0
-  # Texts: seeded subsets of each split; max_length applies to the
-  # pretrained tokenizer only (a workdir keeps its own).
+  # Texts: seeded subsets of each split (0 = all), the very texts a training
+  # run with the same fields reads; max_length applies to the pretrained
+  # tokenizer only (a workdir keeps its own).
   c.data = ml_collections.ConfigDict(dict(
       dataset='imdb_reviews', data_dir='', allow_download=True,
       train_examples=25_000, test_examples=25_000, data_seed=0,

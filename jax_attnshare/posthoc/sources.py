@@ -17,7 +17,6 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import sentencepiece as spm
 
 from jax_attnshare import checkpoint
@@ -80,53 +79,16 @@ def from_workdir(workdir: str, replica: int) -> Source:
   cfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
   model = model_lib.make_model(cfg)
   optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
-  init = functools.partial(steps_lib.init_state, model=model, optimizer=optimizer,
-                           length=config.data.max_length)
   keys = steps_lib.seed_keys([config.seed + i for i in range(config.num_seeds)])
-  # Read-only: opening a training workdir must never prune or write it.
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      item_names=('state', 'meta'),
-      options=ocp.CheckpointManagerOptions(read_only=True))
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{workdir} has no checkpoint yet.')
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.eval_shape(jax.vmap(init), keys))
-    )).state
+    state, _ = ckpt.restore(jax.eval_shape(
+        steps_lib.seed_init(model, optimizer, config.data.max_length), keys))
   finally:
-    manager.close()
+    ckpt.close()
   tokenizer = spm.SentencePieceProcessor(
       model_file=os.path.join(workdir, 'tokenizer', 'spm.model'))
   return Source(f'{config.name} (replica {replica})', cfg,
                 checkpoint.replica(state.params, replica),
                 functools.partial(data.encode, tokenizer,
                                   max_length=config.data.max_length))
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Texts:
-  train: list[str]
-  train_labels: np.ndarray
-  test: list[str]
-  test_labels: np.ndarray
-
-
-def load_texts(data_config: Any, read_texts=data.read_tfds_texts) -> Texts:
-  """Seeded subsets of the train and test splits, cleaned."""
-  splits = []
-  for split_id, split in enumerate(('train', 'test')):
-    texts, labels = read_texts(data_config.dataset, split,
-                               data_config.data_dir or None,
-                               data_config.allow_download)
-    size = data_config[f'{split}_examples']
-    if not 0 < size <= len(texts):
-      raise ValueError(f'config.data.{split}_examples={size} must be in [1, '
-                       f'{len(texts)}].')
-    rows = np.sort(np.random.default_rng(
-        [data_config.data_seed, split_id]).choice(len(texts), size,
-                                                  replace=False))
-    splits.append(([data.clean_text(texts[i]) for i in rows],
-                   np.asarray(labels)[rows]))
-  return Texts(splits[0][0], splits[0][1], splits[1][0], splits[1][1])
