@@ -35,12 +35,19 @@ _SPARSITY_RTOL = 1e-5
 # constant (its map is then exactly uniform, since rows sum to 1).
 _CONSTANT_REL_STD = 1e-5
 
-# [N, H] metrics that per_layer() averages over heads.
-_HEAD_METRICS = ('entropy', 'entropy_norm') + _SPARSITY_KEYS
-# One number per layer ([N]) or per adjacent layer pair ([N - 1]).
-PER_LAYER_METRICS = _HEAD_METRICS + (
+# What attention_stats returns, by shape. [N, H] metrics that per_layer()
+# averages over heads:
+HEAD_METRICS = ('entropy', 'entropy_norm') + _SPARSITY_KEYS
+# One number per layer ([N]) or per adjacent layer pair ([N - 1]), and
+# per_layer()'s output:
+PER_LAYER_METRICS = HEAD_METRICS + (
     'head_correlation', 'head_specialization', 'js_adjacent',
     'js_adjacent_aligned')
+# Per head of each layer ([N, H]) or adjacent layer pair ([N - 1, H]):
+PER_HEAD_METRICS = ('head_correlation_per_head', 'js_adjacent_per_head',
+                    'js_adjacent_aligned_per_head')
+# Layer x layer ([N, N]):
+LAYER_MATRICES = ('js_layers', 'cosine_layers')
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -225,13 +232,13 @@ def per_layer(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """One number per layer (or adjacent pair) for each PER_LAYER_METRICS key.
 
   [.., N, H] metrics are averaged over heads; [.., N] and [.., N - 1] ones
-  pass through. Keys ending in '_per_head' are returned unchanged. Leading
-  axes (e.g. a vmapped seed axis S) are kept.
+  pass through. PER_HEAD_METRICS are returned unchanged. Leading axes (e.g.
+  a vmapped seed axis S) are kept.
   """
-  out = {k: v for k, v in stats.items() if k.endswith('_per_head')}
+  out = {k: v for k, v in stats.items() if k in PER_HEAD_METRICS}
   for key in PER_LAYER_METRICS:
     value = stats[key]
-    out[key] = value.mean(axis=-1) if key in _HEAD_METRICS else value
+    out[key] = value.mean(axis=-1) if key in HEAD_METRICS else value
   return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import os
 import time
 from typing import Any, Callable
@@ -27,7 +26,6 @@ from jax_attnshare import attn_stats
 from jax_attnshare import checkpoint
 from jax_attnshare import cost
 from jax_attnshare import data
-from jax_attnshare.report import figures
 from jax_attnshare import model as model_lib
 from jax_attnshare import workdir as workdir_lib
 from jax_attnshare import steps as steps_lib
@@ -104,13 +102,17 @@ def _versions() -> dict[str, str]:
 
 
 def _summary_attention(stats_S: dict[str, np.ndarray]) -> dict:
-  """Per-seed attention entries: per-layer metrics, per-head and matrices."""
-  layer_S = attn_stats.per_layer(stats_S)
-  out = dict(layer_S)
+  """Per-seed attention entries: per-layer metrics, per-head and matrices.
+
+  A metric that per_layer() averages over heads also goes in per head, as
+  `<name>_per_head`; the layer x layer matrices go in as they are.
+  """
+  out = attn_stats.per_layer(stats_S)
   for name, value in stats_S.items():
-    if name not in layer_S or value.shape != layer_S[name].shape:
-      out[name if name.endswith('_per_head') or name not in layer_S
-          else f'{name}_per_head'] = value
+    if name in attn_stats.HEAD_METRICS:
+      out[f'{name}_per_head'] = value
+    elif name in attn_stats.LAYER_MATRICES:
+      out[name] = value
   return out
 
 
@@ -137,7 +139,9 @@ def _prepare(config: Any, workdir: str, read_texts: Callable | None):
     _check_workdir_path(workdir)
     workdir_lib.check_workdir(workdir, workdir_lib.config_dict(config))
     kwargs = {'read_texts': read_texts} if read_texts else {}
-    texts = data.read_dataset(config.data, **kwargs)
+    texts = data.read_dataset(
+        config.data, tokenizer_texts=config.data.tokenizer_train_examples,
+        **kwargs)
     _check_split_sizes(config, len(texts.train), len(texts.test))
   except ValueError as e:
     raise ConfigError(str(e)) from e
@@ -216,7 +220,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
         diverged=diverged, final_attention=final_attention,
         sparsity_thresholds=_threshold_descriptions(), phase_s=phase_s)
     value = workdir_lib.jsonable(value)
-    workdir_lib.write_json(os.path.join(workdir, 'summary.json'), value)
+    workdir_lib.write_summary(workdir, value)
     return value
 
   evals_left = len(evaluation_steps(config, first_step))
@@ -281,25 +285,19 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
                                        for k, v in test_S.items()})
           writers.write_scalars(step, writers_lib.flatten_layers(layer_S))
           writers.write_scalars(step, writers_lib.flatten_layers(
-              {k: v for k, v in stats_S.items() if v.ndim == 3
-               and k in attn_stats.PER_LAYER_METRICS}), aggregate=False)
+              {k: v for k, v in stats_S.items()
+               if k in attn_stats.HEAD_METRICS}), aggregate=False)
           _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces, seeds,
-                          figures.review_title(
-                              dataset.test.labels[config.heatmap_example],
-                              config.get('task', 'classify'),
-                              config.data.dataset))
+                          dataset.test.labels[config.heatmap_example], config)
           history.append({
               'step': step, 'train_loss': train_S['loss'],
               **{f'test_{k}': v for k, v in test_S.items()},
               'attention': {k: layer_S[k]
                             for k in attn_stats.PER_LAYER_METRICS}})
           if last:  # Before the summary that says the run is finished.
-            workdir_lib.write_npz(os.path.join(workdir, 'attention_maps.npz'),
-                              probs=maps_SNHTT,
-                              pieces=np.array(heatmap_pieces),
-                              label=dataset.test.labels[
-                                  config.heatmap_example],
-                              step=step)
+            workdir_lib.write_attention_maps(
+                workdir, maps_SNHTT, heatmap_pieces,
+                dataset.test.labels[config.heatmap_example], step)
           summary = write_summary(step, attention_S)
         if saves:
           with timed('checkpoints'):
@@ -314,8 +312,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
     ckpt.close()
     writers.close()
   if summary is None:  # Resumed after the last step: nothing left to do.
-    with open(os.path.join(workdir, 'summary.json')) as f:
-      summary = json.load(f)
+    summary = workdir_lib.read_summary(workdir)
   logging.info('%s', closing_line(summary, workdir))
   return summary
 
@@ -351,10 +348,11 @@ def closing_line(summary: dict, workdir: str) -> str:
                                   if diverged else '')
   state = ('Finished' if summary['finished'] else
            f'Stopped at step {summary["completed_steps"]} of')
+  summary_path = os.path.join(workdir, workdir_lib.SUMMARY_FILE)
   return (f'{state} {summary["num_train_steps"]} steps in '
           f'{format_seconds(summary["wall_time_s"])}: test '
           f'{", ".join(parts) or "metrics unavailable"} (mean ± sd over '
-          f'{seeds}). Summary: {os.path.join(workdir, "summary.json")}; '
+          f'{seeds}). Summary: {summary_path}; '
           f'TensorBoard: tensorboard --logdir {os.path.join(workdir, "tb")}')
 
 
@@ -376,9 +374,14 @@ def flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:
             '(config.halt_on_nonfinite=True).')
 
 
-def _write_heatmaps(writers, step, maps_SNHTT, pieces, seeds,
-                    review: str) -> None:
+def _write_heatmaps(writers, step, maps_SNHTT, pieces, seeds, label: int,
+                    config: Any) -> None:
   """One layers x heads image per replica, titled with its seed and review."""
-  images = [figures.attention_heatmap_image(m, pieces, f'seed {s}: {review}')
+  # Imported here, not at the top: matplotlib costs every importer of
+  # jax_attnshare.main its import time, and only this function draws.
+  from jax_attnshare import plotting  # pylint: disable=g-import-not-at-top
+  review = plotting.review_title(label, config.get('task', 'classify'),
+                                 config.data.dataset)
+  images = [plotting.attention_heatmap_image(m, pieces, f'seed {s}: {review}')
             for s, m in zip(seeds, maps_SNHTT)]
   writers.write_images(step, images, writers_lib.HEATMAP_TAG)

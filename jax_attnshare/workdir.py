@@ -1,4 +1,7 @@
-"""The workdir's JSON files: config.json, summary.json and experiment identity.
+"""The workdir's files, written and read here, and experiment identity.
+
+config.json, summary.json and attention_maps.npz: training writes them and
+the report reads them, both through this module, which imports no JAX.
 
 A workdir belongs to one experiment. Its identity is the config minus the
 fields that only change how a run is observed (logging, evaluation and
@@ -16,7 +19,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+CONFIG_FILE = 'config.json'
+SUMMARY_FILE = 'summary.json'
+ATTENTION_MAPS_FILE = 'attention_maps.npz'
+# summary.json's format; a reader refuses any other.
 FORMAT = 1
+# The summary keys a reader cannot do without (summary() writes them all).
+REQUIRED_SUMMARY_KEYS = ('condition', 'seeds', 'per_seed', 'finished')
 # Fields that do not change what is trained or measured.
 OPERATIONAL_FIELDS = ('log_every_steps', 'eval_every_steps',
                       'ckpt_every_steps', 'max_to_keep', 'eval_batch_size',
@@ -60,11 +69,9 @@ def _diff(old: Any, new: Any, path: str = 'config') -> list[str]:
 
 def check_workdir(workdir: str, config: dict) -> None:
   """Raises if `workdir` holds a different experiment than `config`."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  old = read_config(workdir)
+  if not old:
     return
-  with open(path) as f:
-    old = json.load(f)['config']
   diffs = _diff(identity(old), identity(config))
   if diffs:
     raise ValueError(
@@ -113,9 +120,68 @@ def write_npz(path: str, **arrays: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
+def _read_json(path: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON: {e}') from e
+
+
 def write_config(workdir: str, config: dict, extra: Mapping[str, Any]) -> None:
-  write_json(os.path.join(workdir, 'config.json'),
+  write_json(os.path.join(workdir, CONFIG_FILE),
              {'config': config, 'config_hash': config_hash(config), **extra})
+
+
+def read_config(workdir: str) -> dict:
+  """The config write_config wrote ({} if there is no config.json)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return {}
+  value = _read_json(path)
+  # A bare config (not wrapped by write_config) is taken as it is.
+  return value.get('config', value)
+
+
+def write_summary(workdir: str, value: Mapping[str, Any]) -> None:
+  """Writes summary()'s value (see write_json)."""
+  write_json(os.path.join(workdir, SUMMARY_FILE), value)
+
+
+def read_summary(workdir: str) -> dict:
+  """summary.json; raises ValueError if it is not one of this FORMAT."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  value = _read_json(path)
+  missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in value]
+  if missing:
+    raise ValueError(f'{path} lacks {", ".join(missing)}')
+  if value.get('format') != FORMAT:
+    raise ValueError(f'{path} has format {value.get("format")}, expected '
+                     f'{FORMAT}')
+  return value
+
+
+def write_attention_maps(workdir: str, probs_SNHTT: np.ndarray,
+                         pieces: list[str], label: int, step: int) -> None:
+  """One review's maps per replica, its token pieces, label and step."""
+  write_npz(os.path.join(workdir, ATTENTION_MAPS_FILE), probs=probs_SNHTT,
+            pieces=np.array(pieces), label=label, step=step)
+
+
+def read_attention_maps(workdir: str) -> dict[str, Any] | None:
+  """probs [S, N, H, T', T'] cut to the valid tokens, pieces, label, step.
+
+  None if the run wrote no maps.
+  """
+  path = os.path.join(workdir, ATTENTION_MAPS_FILE)
+  if not os.path.exists(path):
+    return None
+  # pieces must be a str array: pickled object arrays are refused.
+  with np.load(path, allow_pickle=False) as npz:
+    pieces = [str(p) for p in npz['pieces']]
+    t = len(pieces) or npz['probs'].shape[-1]
+    return dict(probs=npz['probs'][..., :t, :t], pieces=pieces,
+                label=int(npz['label']), step=int(npz['step']))
 
 
 def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],

@@ -119,10 +119,6 @@ class SeedWriters:
     for writer, image in zip(self.per_seed, images_S):
       writer.write_images(step, {tag: image[None]})
 
-  def flush(self) -> None:
-    for writer in self.all:
-      writer.flush()
-
   def close(self) -> None:
     for writer in self.all:
       writer.close()

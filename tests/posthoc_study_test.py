@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jax_attnshare import checkpoint
 from jax_attnshare import configs
+from jax_attnshare import data
 from jax_attnshare import train
 from jax_attnshare import model as model_lib
 from jax_attnshare.posthoc import methods
@@ -67,6 +69,16 @@ def test_pretrained_study_writes_every_table(tmp_path, fake_texts):
       METHODS)
 
 
+def _listing(folder):
+  """Every path under folder with its size and mtime."""
+  stats = {}
+  for root, dirs, files in os.walk(folder):
+    for name in dirs + files:
+      stat = os.stat(os.path.join(root, name))
+      stats[os.path.join(root, name)] = (stat.st_size, stat.st_mtime_ns)
+  return stats
+
+
 def test_trained_classifier_study(tmp_path, fake_texts):
   run_dir = str(tmp_path / 'run')
   source_config = configs.load_config('configs/no_share.py:tiny')
@@ -82,7 +94,10 @@ def test_trained_classifier_study(tmp_path, fake_texts):
   config.sa.finetune_steps = 0
   config.lisa.spans = 0
   workdir = str(tmp_path / 'study')
+  before = _listing(os.path.join(run_dir, 'checkpoints'))
   frame = study.run(config, workdir, read_texts=fake_texts)
+  # The source workdir is restored read-only.
+  assert _listing(os.path.join(run_dir, 'checkpoints')) == before
   _check_outputs(workdir, frame, ('none', 'direct_share', 'direct_share',
                                   'sa'))
   # Agreement of the predictions with the unshared model's.
@@ -105,7 +120,7 @@ def test_lm_quality_is_token_accuracy(fake_texts):
   source = sources.Source('lm', cfg, params, encode)
   config = configs.load_config('configs/posthoc_trained.py:tiny')
   ev = study.Evaluator(
-      source, sources.load_texts(config.data, fake_texts), config)
+      source, data.read_dataset(config.data, fake_texts), config)
   sa_params, sa_cfg = methods.shared_attention(params, cfg, [2])
   rows = [ev.base, ev.measure('sa', 'layers 2-2', sa_cfg, sa_params)]
   ev.finish(rows)
@@ -122,3 +137,37 @@ def test_missing_sources_are_explained(tmp_path):
   config.source = 'hub'
   with pytest.raises(ValueError, match='config.source'):
     study.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('train_examples,test_examples', [(16, 8), (0, 0)])
+def test_study_reads_the_reviews_training_reads(fake_texts, train_examples,
+                                                test_examples):
+  study_config = configs.load_config('configs/posthoc_trained.py:tiny')
+  train_config = configs.load_config('configs/no_share.py:tiny')
+  # The study's data block has no tokenizer fields; training's has.
+  assert 'vocab_size' not in study_config.data
+  for config in (study_config, train_config):
+    config.data.update(train_examples=train_examples,
+                       test_examples=test_examples, data_seed=3)
+  trained = data.read_dataset(train_config.data, fake_texts,
+                              train_config.data.tokenizer_train_examples)
+  studied = data.read_dataset(study_config.data, fake_texts)
+  # 0 = the whole split (fake_texts has 64 train and 32 test reviews).
+  assert len(studied.train) == (train_examples or 64)
+  assert len(studied.test) == (test_examples or 32)
+  for split in ('train', 'test'):
+    assert getattr(studied, split).texts == getattr(trained, split).texts
+    np.testing.assert_array_equal(getattr(studied, split).labels,
+                                  getattr(trained, split).labels)
+
+
+def test_read_only_checkpointer_creates_nothing(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no checkpoints folder'):
+    checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  assert not os.listdir(tmp_path)
+  os.mkdir(tmp_path / 'checkpoints')
+  ckpt = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  with pytest.raises(FileNotFoundError, match='no checkpoint yet'):
+    ckpt.restore({})
+  ckpt.close()
+  assert not os.listdir(tmp_path / 'checkpoints')

@@ -1,13 +1,11 @@
-"""Tests for jax_attnshare.report.figures: files are written, the image is fast."""
+"""Tests for jax_attnshare.report.figures: the files are written."""
 
 import pathlib
 import tempfile
-import time
 from unittest import mock
 
 from absl.testing import absltest
 from matplotlib import collections as mpl_collections
-from matplotlib import colors as mpl_colors
 from matplotlib import container
 from matplotlib import figure as mpl_figure
 from matplotlib import pyplot as plt
@@ -53,63 +51,6 @@ class FiguresTest(absltest.TestCase):
     tmp = tempfile.TemporaryDirectory()
     self.addCleanup(tmp.cleanup)
     self.dir = pathlib.Path(tmp.name)
-
-  def test_heatmap_image_is_rgb_fast_and_leaks_no_figure(self):
-    figures.attention_heatmap_image(_probs(1, 1, 4), None, 'warm up')
-    start = time.perf_counter()
-    img = figures.attention_heatmap_image(_probs(3, 8, 64), None, 'kv')
-    self.assertLess(time.perf_counter() - start, 1.0)
-    self.assertEqual(img.dtype, np.uint8)
-    self.assertEqual(img.ndim, 3)
-    self.assertEqual(img.shape[2], 3)
-    self.assertGreater(img.shape[1], img.shape[0])  # 8 heads wide, 3 high.
-    self.assertGreater(img.std(), 10)  # Not a blank canvas.
-    self.assertEqual(plt.get_fignums(), [])
-
-  def test_short_review_labels_every_token_on_a_log_scale(self):
-    pieces = ['▁a', '▁good', '▁film', ',', '▁really', '▁fun']
-    title = figures.review_title(1, 'classify', 'imdb_reviews')
-    fig = figures.attention_figure(_probs(3, 2, 8), pieces, title)
-    ax = fig.axes[0]
-    self.assertEqual([x.get_text() for x in ax.get_xticklabels()],
-                     pieces * 2)  # Under each head.
-    self.assertEqual([y.get_text() for y in ax.get_yticklabels()],
-                     pieces * 3)  # Beside each layer.
-    (image,) = ax.get_images()
-    self.assertIsInstance(image.norm, mpl_colors.LogNorm)
-    t = len(pieces)
-    self.assertAlmostEqual(image.norm.vmin, figures.UNIFORM_FLOOR / t)
-    self.assertEqual(image.norm.vmax, 1.0)
-    # A uniform map sits mid-scale, not in the dark end as on a linear one.
-    self.assertBetween(float(image.norm(1 / t)), 0.3, 0.7)
-    self.assertIn('log scale', fig.axes[1].get_ylabel())
-    self.assertEqual(fig.get_suptitle(), 'test review (positive)')
-
-  def test_long_review_labels_every_kth_token(self):
-    t = 5 * figures.MAX_LABELLED_TOKENS
-    pieces = [f'p{i}' for i in range(t)]
-    ax = figures.attention_figure(_probs(1, 2, t), pieces, 't').axes[0]
-    labels = [x.get_text() for x in ax.get_xticklabels()]
-    every = int(labels[1][1:])
-    self.assertGreater(every, 1)
-    self.assertEqual(labels, pieces[::every] * 2)
-    self.assertIn(f'1 in {every} labelled', ax.get_xlabel())
-
-  def test_unlabelled_without_pieces(self):
-    ax = figures.attention_figure(_probs(2, 2, 8), None, 't').axes[0]
-    self.assertEmpty(ax.get_xticklabels())
-    self.assertEmpty(ax.get_yticklabels())
-
-  def test_review_title_names_the_class(self):
-    self.assertEqual(figures.review_title(0, 'classify', 'imdb_reviews'),
-                     'test review (negative)')
-    self.assertEqual(figures.review_title(np.int32(1), 'classify',
-                                          'imdb_reviews'),
-                     'test review (positive)')
-    self.assertEqual(figures.review_title(3, 'classify', 'other'),
-                     'test review (label 3)')
-    self.assertEqual(figures.review_title(1, 'lm', 'imdb_reviews'),
-                     'test review')
 
   def test_report_figures_are_written(self):
     tidy = _tidy()

@@ -140,7 +140,7 @@ def test_bad_optimizer_fields_name_the_field(field, value):
 
 _TWO_DEVICE_SCRIPT = '''
 import jax, numpy as np
-from jax_attnshare import model as model_lib, sharing, train
+from jax_attnshare import model as model_lib, sharing, steps as steps_lib
 import ml_collections
 assert jax.device_count() == 2
 spec = sharing.SharingSpec(num_layers=1, components=("key",),

@@ -1,6 +1,7 @@
 """SeedWriters: events and Custom Scalars layout, read back as TensorBoard does."""
 
 import os
+import time
 
 from google.protobuf import json_format
 import numpy as np
@@ -151,6 +152,9 @@ def test_dashboard_groups_put_train_and_test_first(tmp_path):
 def test_resume_keeps_the_whole_layout(tmp_path):
   _write_run(str(tmp_path))
   before = _Served(str(tmp_path / 'tb')).layout
+  # Event files sort by the second they were opened in, then by a counter
+  # that does not sort numerically; a real resume comes seconds later.
+  time.sleep(1.1)
   # A resumed process writes train scalars before its first evaluation.
   writers = writers_lib.SeedWriters(str(tmp_path), _SEEDS)
   writers.write_scalars(9, {'train/loss': _LOSS})

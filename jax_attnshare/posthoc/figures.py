@@ -1,7 +1,7 @@
 """Figures of the post-hoc study: similarity heatmaps and the sweep.
 
-matplotlib's object API on the Agg canvas (as figures.py), so no figure is
-registered globally. Suffixes: N layers, H heads.
+matplotlib's object API on the Agg canvas (see jax_attnshare.plotting), so
+no figure is registered globally. Suffixes: N layers, H heads.
 """
 
 from __future__ import annotations
@@ -9,30 +9,10 @@ from __future__ import annotations
 from typing import Mapping
 
 from matplotlib import figure as mpl_figure
-from matplotlib.backends import backend_agg
 import numpy as np
 import pandas as pd
 
-DPI = 110
-
-
-def to_image(fig: mpl_figure.Figure) -> np.ndarray:
-  """The figure as an RGB uint8 [height, width, 3] array (for TensorBoard)."""
-  canvas = backend_agg.FigureCanvasAgg(fig)
-  fig.set_dpi(72)
-  canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def _grid(n: int, inches: tuple[float, float], ncols: int = 2):
-  ncols = min(n, ncols)
-  nrows = -(-n // ncols)
-  fig = mpl_figure.Figure(figsize=(inches[0] * ncols, inches[1] * nrows),
-                          layout='constrained')
-  axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-  for ax in axes[n:]:
-    ax.set_visible(False)
-  return fig, axes[:n]
+from jax_attnshare import plotting
 
 
 _LAYER_TITLES = {
@@ -46,7 +26,7 @@ _LAYER_TITLES = {
 def layer_matrices(tables: Mapping[str, np.ndarray],
                    title: str) -> mpl_figure.Figure:
   """One [N, N] panel per table, values written in the cells."""
-  fig, axes = _grid(len(tables), (4.2, 3.6))
+  fig, axes = plotting.panels(len(tables), 2, (4.2, 3.6))
   for ax, (name, m_NN) in zip(axes, tables.items()):
     cmap = 'magma' if name.startswith('js') else 'viridis'
     image = ax.imshow(m_NN, cmap=cmap)
@@ -70,7 +50,8 @@ def head_pair_matrices(mats: Mapping[str, np.ndarray],
 
   The diagonal (a head against itself) is left blank.
   """
-  fig, axes = _grid(len(mats), (4.6, 4.0), ncols=3 if len(mats) > 4 else 2)
+  fig, axes = plotting.panels(len(mats), 3 if len(mats) > 4 else 2,
+                              (4.6, 4.0))
   for ax, (name, m_NHNH) in zip(axes, mats.items()):
     n, h = m_NHNH.shape[:2]
     # Each head against itself would set the colour scale; left blank.
@@ -97,7 +78,7 @@ def sweep(results: pd.DataFrame, title: str) -> mpl_figure.Figure:
   `results` has columns method, variant, kept_pct, bytes_saved_pct and
   latency_ms; DirectShare's ratios are joined by a line.
   """
-  fig, (left, right) = _grid(2, (5.2, 4.0))
+  fig, (left, right) = plotting.panels(2, 2, (5.2, 4.0))
   for method, group in results.groupby('method', sort=False):
     group = group.sort_values('bytes_saved_pct')
     style = '-o' if method == 'direct_share' else 'o'

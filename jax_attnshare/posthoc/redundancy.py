@@ -28,6 +28,7 @@ import pandas as pd
 
 from jax_attnshare import attn_stats
 from jax_attnshare import model as model_lib
+from jax_attnshare import plotting
 from jax_attnshare.posthoc import methods
 from jax_attnshare.posthoc import figures as posthoc_figures
 from jax_attnshare import steps as steps_lib
@@ -138,9 +139,9 @@ def analyze(params: Any, cfg: model_lib.ModelConfig, tokens_BT: np.ndarray,
   with metric_writers.ensure_flushes(writer):
     for name, fig in figs.items():
       fig.savefig(os.path.join(out_dir, f'{name}.png'),
-                  dpi=posthoc_figures.DPI)
+                  dpi=plotting.DPI)
       writer.write_images(0, {f'redundancy/{name}':
-                              posthoc_figures.to_image(fig)[None]})
+                              plotting.to_image(fig)[None]})
     n = cfg.num_layers
     writer.write_scalars(0, {
         f'redundancy/{k}/layer_{l + 1}_vs_{l}': v[l + 1, l]

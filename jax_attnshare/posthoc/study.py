@@ -24,8 +24,8 @@ fine-tuned), LISA on the best spans. Each is measured on the same texts:
 * latency: median wall time of a jitted forward on a fixed batch, timed
   after warm-up in rounds that run every variant once (so a busy spell of a
   shared machine slows all variants alike); predicted speedup = forward
-  FLOPs of the unshared model / the variant's (matmuls, cost.py and
-  lisa.flops_per_token).
+  FLOPs of the unshared model / the variant's (matmuls,
+  cost.forward_flops).
 
 Writes results.csv, results.md, results.json, sweep.png and TensorBoard
 scalars (tb/posthoc) into the workdir.
@@ -46,6 +46,7 @@ from jax_attnshare import cost
 from jax_attnshare import data
 from jax_attnshare import lisa
 from jax_attnshare import model as model_lib
+from jax_attnshare import plotting
 from jax_attnshare.posthoc import methods
 from jax_attnshare.posthoc import figures as posthoc_figures
 from jax_attnshare.posthoc import sources
@@ -53,50 +54,42 @@ from jax_attnshare.posthoc import finetune
 from jax_attnshare.posthoc import hf_bert
 from jax_attnshare.posthoc import probe
 from jax_attnshare.posthoc import redundancy
+from jax_attnshare.report import markdown
 from jax_attnshare import workdir as workdir_lib
 from jax_attnshare import steps as steps_lib
-
-
-def forward_flops(cfg: model_lib.ModelConfig, length: int) -> int:
-  """Matmul FLOPs of one forward of one sequence (embeddings left out)."""
-  spec = cfg.sharing
-  per_token = cost.attention_flops_per_token(cfg, length)
-  per_token += cfg.num_layers * 4 * cfg.width * cfg.ffn_width
-  if spec.lisa_rank or spec.lisa_align_width:
-    per_token += len(spec.attention_map_layers) * lisa.flops_per_token(
-        cfg.width, cfg.num_heads, spec.lisa_rank, spec.lisa_align_width,
-        length)
-  if cfg.causal:
-    per_token += 2 * cfg.width * cfg.vocab_size
-  return length * per_token
 
 
 class Evaluator:
   """Measures variants of one source model on fixed token sets."""
 
   def __init__(self, source: sources.Source,
-               texts: sources.Texts, config):
+               texts: data.DatasetTexts, config):
     self.source = source
     self.config = config
-    self.train_tokens = source.encode(texts.train)
-    self.test_tokens = source.encode(texts.test)
-    self.train_labels, self.test_labels = (texts.train_labels,
-                                           texts.test_labels)
+    self.train_tokens = source.encode(texts.train.texts)
+    self.test_tokens = source.encode(texts.test.texts)
+    self.train_labels, self.test_labels = (texts.train.labels,
+                                           texts.test.labels)
     self.length = self.test_tokens.shape[1]
     # (forward, params) of each measured row, timed together by finish().
     self._calls = []
-    self.base = None  # So that the unshared model is compared with itself.
-    self.base = self.measure('none', 'unshared', source.cfg, source.params)
+    # The unshared model, compared with itself; every variant with it.
+    self.base = self._measure('none', 'unshared', source.cfg, source.params,
+                              base=None)
 
   def _outputs(self, forward, params, tokens_NT) -> np.ndarray:
     size = self.config.eval_batch_size
     return np.concatenate([np.asarray(forward(params, tokens_NT[i:i + size]))
                            for i in range(0, len(tokens_NT), size)])
 
-  def quality(self, cfg, params, forward) -> dict[str, float]:
-    """quality; output_cosine, agreement or perplexity by task."""
+  def quality(self, cfg, params, forward,
+              base: dict | None) -> dict[str, float]:
+    """quality; output_cosine, agreement or perplexity by task.
+
+    output_cosine and agreement compare with `base`'s outputs (None: with
+    these, so 1).
+    """
     model = model_lib.make_model(cfg)
-    base = self.base or {}
     if cfg.causal:
       step = jax.jit(functools.partial(steps_lib.eval_step, model=model))
       sums = [step(params, batch) for batch in data.eval_batches(
@@ -110,7 +103,7 @@ class Evaluator:
     if cfg.num_classes:
       predicted = test_out.argmax(-1)
       agreement = (np.mean(predicted == base['_predicted'])
-                   if base else 1.0)
+                   if base is not None else 1.0)
       return {'quality': float(np.mean(predicted == self.test_labels)),
               'agreement': float(agreement), '_predicted': predicted}
     train_emb = hf_bert.normalize(self._outputs(forward, params,
@@ -121,7 +114,7 @@ class Evaluator:
                                       'probe.l2_grid'),
                               self.config.probe.folds, self.config.seed)
     cosine = (float(np.mean(np.sum(test_emb * base['_embeddings'], -1)))
-              if base else 1.0)
+              if base is not None else 1.0)
     return {'quality': fitted.accuracy(test_emb, self.test_labels),
             'output_cosine': cosine, 'probe_l2': l2,
             '_embeddings': test_emb}
@@ -129,20 +122,26 @@ class Evaluator:
   def measure(self, method: str, variant: str, cfg, params,
               trainable: int = 0, **extra) -> dict:
     """One row of the results table (keys with '_' stay in memory)."""
+    return self._measure(method, variant, cfg, params, self.base, trainable,
+                         **extra)
+
+  def _measure(self, method: str, variant: str, cfg, params,
+               base: dict | None, trainable: int = 0, **extra) -> dict:
+    """measure(), compared with `base` (None: with itself)."""
     logging.info('Measuring %s %s (%s).', method, variant,
                  cfg.sharing.to_string())
     model = model_lib.make_model(cfg)
     forward = jax.jit(lambda p, t: model.apply({'params': p}, t))
     row = {'method': method, 'variant': variant,
            'sharing': cfg.sharing.to_string(),
-           **self.quality(cfg, params, forward)}
+           **self.quality(cfg, params, forward, base)}
     count, nbytes = methods.tree_size(params)
     # Binomial standard error of the test accuracy.
     row['quality_se'] = float(np.sqrt(
         row['quality'] * (1 - row['quality']) / len(self.test_tokens)))
     row.update(params=count, bytes=nbytes, trainable_params=trainable,
-               flops=forward_flops(cfg, self.length), **extra)
-    base = self.base or row
+               flops=cost.forward_flops(cfg, self.length), **extra)
+    base = row if base is None else base
     row.update(
         kept_pct=(100 * row['quality'] / base['quality']
                   if base['quality'] else np.nan),
@@ -246,17 +245,14 @@ def results_markdown(frame: pd.DataFrame) -> str:
       'latency_ms': '{:.1f}', 'speedup': '{:.3f}',
       'predicted_speedup': '{:.3f}'}
   columns = {c: f for c, f in columns.items() if c in frame}
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '---|' * len(columns)]
-  for _, row in frame.iterrows():
-    lines.append('| ' + ' | '.join(
-        fmt.format(row[c]) if pd.notna(row[c]) else '' for c, fmt in
-        columns.items()) + ' |')
-  return '\n'.join(lines) + '\n'
+  rows = [[fmt.format(row[c]) if pd.notna(row[c]) else ''
+           for c, fmt in columns.items()] for _, row in frame.iterrows()]
+  return '\n'.join(markdown.table(list(columns), rows)) + '\n'
 
 
 def check_config(config) -> None:
   """The study config's checks that need no source, data or compilation."""
+  data.check_subset_fields(config.data)
   if config.source not in ('pretrained', 'workdir'):
     raise ValueError(f'config.source must be "pretrained" or "workdir", '
                      f'got {config.source!r}.')
@@ -276,8 +272,8 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
                                           config.replica)
   methods.check_unshared(source.cfg)
   os.makedirs(workdir, exist_ok=True)
-  ev = Evaluator(source, sources.load_texts(config.data, read_texts),
-                 config)
+  # The texts a training run with the same config.data fields reads.
+  ev = Evaluator(source, data.read_dataset(config.data, read_texts), config)
   examples = config.analysis.examples
   analysis = redundancy.analyze(source.params, source.cfg,
                                 ev.test_tokens[:examples],
@@ -295,7 +291,7 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
       'rows': frame.to_dict('records'),
       'spans': methods.span_scores(analysis['layers']['js_same'])})
   posthoc_figures.sweep(frame, f'Post-hoc sharing of {source.name}').savefig(
-      os.path.join(workdir, 'sweep.png'), dpi=posthoc_figures.DPI)
+      os.path.join(workdir, 'sweep.png'), dpi=plotting.DPI)
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, 'tb', 'posthoc'), asynchronous=False)
   for step, row in frame.iterrows():

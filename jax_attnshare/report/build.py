@@ -18,6 +18,7 @@ import re
 from absl import logging
 import pandas as pd
 
+from jax_attnshare import plotting
 from jax_attnshare.report import stats
 from jax_attnshare.report import figures
 from jax_attnshare.report import markdown
@@ -77,7 +78,7 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
       continue
     name = f'attention_{_file_name(run.condition)}.png'
     # A run without config.json is taken for a classifier of unknown data.
-    review = figures.review_title(
+    review = plotting.review_title(
         maps['label'], run.config.get('task', 'classify'),
         run.config.get('data', {}).get('dataset'))
     title = (f'{run.condition}: attention on the fixed {review}, seed '

@@ -55,7 +55,8 @@ def _mark(p_holm: float) -> str:
                if p_holm < cut), '')
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+  """A markdown table's lines, each cell written with str()."""
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   return lines + ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
 
@@ -82,7 +83,7 @@ def _conditions(included: Sequence[runs_lib.Run]) -> list[str]:
                    for k in ('total', 'attention', 'shared')),
                  f'{n_used} of {len(s["seeds"])}',
                  _num(s.get('wall_time_s'), 3)))
-  return _table(('condition', 'workdir', 'sharing', 'params', 'attention '
+  return table(('condition', 'workdir', 'sharing', 'params', 'attention '
                  'params', 'shared params', 'seeds used', 'wall time [s]'),
                 rows)
 
@@ -91,7 +92,7 @@ def _configuration(included: Sequence[runs_lib.Run]) -> list[str]:
   base = _flatten(included[0].config)
   if not base:
     return ['The baseline has no config.json.']
-  lines = _table(('field', 'value (baseline)'),
+  lines = table(('field', 'value (baseline)'),
                  [(f'`{k}`', f'`{json.dumps(v)}`') for k, v in base.items()])
   diffs = []
   for run in included[1:]:
@@ -158,7 +159,7 @@ def _omnibus_rows(omni: pd.DataFrame, thresholds: Mapping[str, str]):
           else f'{_num(o["df_num"], 3)}, {_num(o["df_den"], 3)}')
     rows.append((figures.metric_label(o['metric'], thresholds), o['test'],
                  _num(o['statistic'], 3), df, _p(o['p']), o['reason']))
-  return _table(('metric', 'test', 'statistic', 'df', 'p', 'why'), rows)
+  return table(('metric', 'test', 'statistic', 'df', 'p', 'why'), rows)
 
 
 def _summary_rows(overall: pd.DataFrame, conditions: Sequence[str],
@@ -170,7 +171,7 @@ def _summary_rows(overall: pd.DataFrame, conditions: Sequence[str],
     rows.append((figures.metric_label(metric, thresholds),
                  stats.unit(metric),
                  *(cells.get(c, 'n/a') for c in conditions)))
-  return _table(('metric', 'unit', *conditions), rows)
+  return table(('metric', 'unit', *conditions), rows)
 
 
 def _contrast_rows(overall: pd.DataFrame,
@@ -186,7 +187,7 @@ def _contrast_rows(overall: pd.DataFrame,
                  _num(r['t'], 3), _num(r['p'], 3),
                  _num(r['p_holm'], 3) + _mark(r['p_holm']),
                  _num(r['power'], 2), _num(r['n_needed'], 6)))
-  return _table(('metric', 'condition', 'diff', "Cohen's d [95% CI]",
+  return table(('metric', 'condition', 'diff', "Cohen's d [95% CI]",
                  "Hedges' g [95% CI]", 'Welch t', 'p', 'p_holm', 'power',
                  'seeds for 80% power'), rows)
 

@@ -9,15 +9,13 @@ the comparison, logged and listed in the report.
 
 from collections.abc import Sequence
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
 from absl import logging
-import numpy as np
 
-SUMMARY_FORMAT = 1
-_REQUIRED = ('condition', 'seeds', 'per_seed', 'finished')
+from jax_attnshare import workdir as workdir_lib
+
 _TRAIN_HINT = ('run python -m jax_attnshare.main --config=... '
                '--workdir={dir}/<condition> first')
 
@@ -42,23 +40,8 @@ class Run:
     return [r['seed'] for r in self.summary['per_seed'] if r.get('diverged')]
 
   def attention_maps(self) -> dict[str, Any] | None:
-    """probs [S, N, H, T', T'] cut to the valid tokens, pieces, label, step."""
-    path = self.path / 'attention_maps.npz'
-    if not path.exists():
-      return None
-    # pieces must be a str array: pickled object arrays are refused.
-    with np.load(path, allow_pickle=False) as npz:
-      pieces = [str(p) for p in npz['pieces']]
-      t = len(pieces) or npz['probs'].shape[-1]
-      return dict(probs=npz['probs'][..., :t, :t], pieces=pieces,
-                  label=int(npz['label']), step=int(npz['step']))
-
-
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise RunsError(f'{path} is not valid JSON: {e}') from e
+    """See workdir.read_attention_maps."""
+    return workdir_lib.read_attention_maps(str(self.path))
 
 
 def load_runs(runs_dir: pathlib.Path) -> list[Run]:
@@ -66,30 +49,24 @@ def load_runs(runs_dir: pathlib.Path) -> list[Run]:
   if not runs_dir.is_dir():
     raise RunsError(f'--runs {runs_dir} is not a folder; expected one '
                     'workdir per sharing condition, e.g. '
-                    f'{runs_dir}/none/summary.json')
+                    f'{runs_dir}/none/{workdir_lib.SUMMARY_FILE}')
   runs = []
   for sub in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-    if not (sub / 'summary.json').exists():
-      if (sub / 'config.json').exists():
+    if not (sub / workdir_lib.SUMMARY_FILE).exists():
+      if (sub / workdir_lib.CONFIG_FILE).exists():
         raise RunsError(
-            f'{sub} has config.json but no summary.json: the run is partial '
-            '(still training or crashed). Finish it (rerun the same command '
-            'to resume) or move it out of ' + str(runs_dir))
+            f'{sub} has {workdir_lib.CONFIG_FILE} but no '
+            f'{workdir_lib.SUMMARY_FILE}: the run is partial (still training '
+            'or crashed). Finish it (rerun the same command to resume) or '
+            'move it out of ' + str(runs_dir))
       continue
-    summary = _read_json(sub / 'summary.json')
-    missing = [k for k in _REQUIRED if k not in summary]
-    if missing:
-      raise RunsError(f'{sub}/summary.json lacks {", ".join(missing)}')
-    if summary.get('format') != SUMMARY_FORMAT:
-      raise RunsError(f'{sub}/summary.json has format '
-                      f'{summary.get("format")}, expected {SUMMARY_FORMAT}')
-    config_path = sub / 'config.json'
-    config = _read_json(config_path) if config_path.exists() else {}
-    # main.py wraps the resolved config: {'config': {...}, 'config_hash': ..}.
-    config = config.get('config', config)
-    runs.append(Run(sub, summary, config))
+    try:
+      runs.append(Run(sub, workdir_lib.read_summary(str(sub)),
+                      workdir_lib.read_config(str(sub))))
+    except ValueError as e:
+      raise RunsError(str(e)) from e
   if not runs:
-    raise RunsError(f'no summary.json under {runs_dir}/*; '
+    raise RunsError(f'no {workdir_lib.SUMMARY_FILE} under {runs_dir}/*; '
                     + _TRAIN_HINT.format(dir=runs_dir))
   seen = {}
   for run in runs:
