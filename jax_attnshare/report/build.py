@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 import pathlib
 import re
+from typing import Any
 
 from absl import logging
 import pandas as pd
@@ -42,8 +43,12 @@ def _few_evaluations(
 
 def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
              included: Sequence[runs_lib.Run], few: Mapping[str, list[int]],
+             maps: Mapping[str, Mapping[str, Any]],
              out_dir: pathlib.Path) -> list[tuple[str, str]]:
-  """Draws every figure the data allows; returns (caption, file name)."""
+  """Draws every figure the data allows; returns (caption, file name).
+
+  maps: {condition: its attention maps} of the runs that have readable ones.
+  """
   conditions = [r.condition for r in included]
   thresholds = included[0].summary.get('sparsity_thresholds', {})
   metrics = stats.order_metrics(final['metric'].unique())
@@ -73,18 +78,18 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
                               out_dir / 'layers.png')
     out.append(('Attention progression across layers', 'layers.png'))
   for run in included:
-    maps = run.attention_maps()
-    if maps is None:
+    if run.condition not in maps:
       continue
+    run_maps = maps[run.condition]
     name = f'attention_{_file_name(run.condition)}.png'
     # A run without config.json is taken for a classifier of unknown data.
     review = plotting.review_title(
-        maps['label'], run.config.get('task', 'classify'),
+        run_maps['label'], run.config.get('task', 'classify'),
         run.config.get('data', {}).get('dataset'))
     title = (f'{run.condition}: attention on the fixed {review}, seed '
-             f'{run.summary["seeds"][0]}, step {maps["step"]}')
-    figures.attention_heatmaps(maps['probs'][0], maps['pieces'], title,
-                               out_dir / name)
+             f'{run.summary["seeds"][0]}, step {run_maps["step"]}')
+    figures.attention_heatmaps(run_maps['probs'][0], run_maps['pieces'],
+                               title, out_dir / name)
     out.append((f'Attention maps, {run.condition}', name))
   mats = {r.condition: m for r in included
           if (m := stats.seed_mean_matrix(r.summary, 'js_layers'))
@@ -100,6 +105,8 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
   """Analyses runs_dir into out_dir; returns the path of report.md."""
   runs_dir, out_dir = pathlib.Path(runs_dir), pathlib.Path(out_dir)
   included, excluded = runs_lib.select(runs_lib.load_runs(runs_dir), baseline)
+  # Read before anything is written, so a damaged file leaves no half report.
+  maps, unreadable_maps = runs_lib.read_attention_maps(included)
   conditions = [r.condition for r in included]
   tidy = stats.tidy_table({r.condition: r.summary for r in included})
   used = (tidy['source'] == 'final') & ~tidy['diverged']
@@ -119,12 +126,12 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
         'Runs evaluated fewer than twice (%s): no learning curve can be '
         'drawn; their test accuracy is drawn as a point with the 95%% CI '
         'over seeds.', ', '.join(few))
-  figure_files = _figures(tidy, final, included, few, out_dir)
+  figure_files = _figures(tidy, final, included, few, maps, out_dir)
   path = out_dir / 'report.md'
   markdown.write_report(path, runs_dir=runs_dir, baseline=baseline, alpha=alpha,
                       included=included, excluded=excluded, table=table,
                       omni=omni, final=final, figure_files=figure_files,
-                      dropped=dropped,
+                      dropped=dropped, unreadable_maps=unreadable_maps,
                       few_evaluations=few)
   logging.info('Wrote %s', path)
   return path

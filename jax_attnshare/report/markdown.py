@@ -110,26 +110,40 @@ def _configuration(included: Sequence[runs_lib.Run]) -> list[str]:
                   '(besides name and sharing):', ''] + (diffs or ['- none'])
 
 
+def _diverged(run: runs_lib.Run) -> str:
+  """'1 of 5 replicas diverged (seed 3 at step 50)', or '' if none did."""
+  gone = [r for r in run.summary['per_seed'] if r.get('diverged')]
+  if not gone:
+    return ''
+  where = ', '.join(f'seed {r["seed"]} at step {r.get("diverged_at_step")}'
+                    for r in gone)
+  return (f'{len(gone)} of {len(run.summary["per_seed"])} replicas diverged '
+          f'({where})')
+
+
 def _exclusions(included: Sequence[runs_lib.Run],
                 excluded: Sequence[tuple[runs_lib.Run, str]],
-                dropped: Mapping[str, int]) -> list[str]:
+                dropped: Mapping[str, int],
+                unreadable_maps: Mapping[str, str]) -> list[str]:
   lines = [f'- Excluded `{r.path}` (`{r.condition}`): {why}. It is in no '
            'statistic, table or figure.' for r, why in excluded]
   if not excluded:
     lines.append('- No run was excluded: every run is finished and matches '
                  'the baseline in seeds, data fingerprint, seed mode and '
                  'steps.')
-  for run in included:
-    gone = [r for r in run.summary['per_seed'] if r.get('diverged')]
-    if gone:
-      where = ', '.join(f'seed {r["seed"]} at step {r.get("diverged_at_step")}'
-                        for r in gone)
-      lines.append(f'- `{run.condition}`: {len(gone)} of '
-                   f'{len(run.summary["per_seed"])} replicas diverged '
-                   f'({where}); they are left out of every statistic and '
-                   'curve.')
+  lines += [f'- `{c}`: no attention heatmap: {why}. Its statistics come '
+            'from summary.json and are kept.'
+            for c, why in unreadable_maps.items()]
+  lines += [f'- `{r.condition}`: {gone}; they are left out of every '
+            'statistic and curve.' for r in included if (gone := _diverged(r))]
+  # Divergence in an excluded run is no evidence about the compared ones,
+  # but a reader must not be told that nothing diverged.
+  excluded_gone = [f'- Excluded `{r.condition}`: {gone}.'
+                   for r, _ in excluded if (gone := _diverged(r))]
   if not any(r.diverged_seeds for r in included):
-    lines.append('- No replica diverged.')
+    lines.append('- No replica of the included runs diverged.'
+                 if excluded_gone else '- No replica diverged.')
+  lines += excluded_gone
   lines += [f'- `{c}`: {k} null (non-finite) values of non-diverged replicas '
             'were left out.' for c, k in dropped.items() if k]
   return lines
@@ -287,10 +301,12 @@ def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
                  table: pd.DataFrame, omni: pd.DataFrame,
                  final: pd.DataFrame, figure_files: Sequence[tuple[str, str]],
                  dropped: Mapping[str, int],
+                 unreadable_maps: Mapping[str, str],
                  few_evaluations: Mapping[str, Sequence[int]]) -> None:
   """Writes the markdown report; figure_files are (caption, file name).
 
-  few_evaluations: {condition: evaluation steps} of the runs evaluated fewer
+  unreadable_maps: {condition: why} of the included runs whose attention
+  maps could not be read (no heatmap). few_evaluations: {condition: evaluation steps} of the runs evaluated fewer
   than twice.
   """
   base = included[0].summary
@@ -316,7 +332,7 @@ def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
       f'{base.get("num_train_steps")} training steps. Seed mode '
       f'`{mode}`: {mode_text}.', '',
       '## Excluded runs and diverged replicas', '',
-      *_exclusions(included, excluded, dropped), '',
+      *_exclusions(included, excluded, dropped, unreadable_maps), '',
       '## Tests', '', _METHODS, *_omnibus_rows(omni, thresholds), '',
       '## Summary', '',
       'Mean ± SD over seeds; marks compare with the baseline after Holm '

@@ -39,10 +39,6 @@ class Run:
   def diverged_seeds(self) -> list[int]:
     return [r['seed'] for r in self.summary['per_seed'] if r.get('diverged')]
 
-  def attention_maps(self) -> dict[str, Any] | None:
-    """See workdir.read_attention_maps."""
-    return workdir_lib.read_attention_maps(str(self.path))
-
 
 def load_runs(runs_dir: pathlib.Path) -> list[Run]:
   """Every immediate subfolder of runs_dir holding a summary.json."""
@@ -126,3 +122,24 @@ def select(runs: Sequence[Run],
                       'statistics', run.condition, len(run.diverged_seeds),
                       run.diverged_seeds)
   return included, excluded
+
+
+def read_attention_maps(
+    included: Sequence[Run]) -> tuple[dict[str, dict[str, Any]],
+                                      dict[str, str]]:
+  """({condition: maps}, {condition: why its maps are unreadable}).
+
+  A run without maps is in neither. An unreadable maps file costs the run
+  its heatmap only: its statistics come from summary.json.
+  """
+  maps, unreadable = {}, {}
+  for run in included:
+    try:
+      value = workdir_lib.read_attention_maps(str(run.path))
+    except ValueError as e:
+      logging.warning('%s: no attention heatmap: %s', run.condition, e)
+      unreadable[run.condition] = str(e)
+      continue
+    if value is not None:
+      maps[run.condition] = value
+  return maps, unreadable
