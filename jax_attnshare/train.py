@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from absl import logging
 from clu import metric_writers
@@ -152,12 +153,36 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
                        read_texts: Callable | None = None) -> dict:
   """Trains config.num_seeds replicas in one vmapped step; returns summary.
 
-  Raises ConfigError for bad input before anything is compiled or written,
-  and data.DataMissingError when the dataset cannot be had.
+  Raises ConfigError for bad input, or a workdir that another run holds,
+  before anything is compiled or written, and data.DataMissingError when the
+  dataset cannot be had.
   """
   start_time = time.time()
   mcfg, texts = _prepare(config, workdir, read_texts)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    with workdir_lib.lock(workdir):
+      return _train(config, workdir, config_name, mcfg, texts, start_time)
+  except workdir_lib.WorkdirInUseError as e:
+    raise ConfigError(str(e)) from e
+
+
+def _train(config: Any, workdir: str, config_name: str,
+           mcfg: model_lib.ModelConfig, texts: data.DatasetTexts,
+           start_time: float) -> dict:
+  """train_and_evaluate's work, in a workdir that this process holds."""
   cfg = workdir_lib.config_dict(config)
+  # Again, now that the workdir is ours: a run that held it meanwhile may
+  # have trained there.
+  try:
+    replaced = workdir_lib.check_workdir(workdir, cfg)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  if replaced:
+    logging.warning('Replacing the config.json of %s, since nothing was '
+                    'trained with it: %s', workdir, '; '.join(replaced))
+    # Its tokenizer was trained for the replaced config.
+    shutil.rmtree(os.path.join(workdir, 'tokenizer'), ignore_errors=True)
   spec = mcfg.sharing.to_string()
   seeds = [config.seed + i for i in range(config.num_seeds)]
   optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
@@ -166,7 +191,6 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
                           config.num_seeds, per_seed, config.seed_chunk)
 
-  os.makedirs(workdir, exist_ok=True)
   workdir_lib.write_config(workdir, cfg, {
       'config_name': config_name, 'seeds': seeds, 'sharing': spec,
       'versions': _versions(), 'devices': [str(d) for d in jax.devices()]})
@@ -188,17 +212,23 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   history, diverged, wall_before = [], {}, 0.0
   phase_s = dict.fromkeys(PHASES, 0.0)
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(jax.eval_shape(steps.init, keys))
+    try:
+      state, meta = ckpt.restore(jax.eval_shape(steps.init, keys))
+    except checkpoint.CheckpointError as e:
+      ckpt.close()
+      raise ConfigError(str(e)) from e
     history = meta['history']
     diverged = {int(k): v for k, v in meta['diverged'].items()}
     wall_before = meta['wall_time_s']
     phase_s.update(meta.get('phase_s', {}))
-    logging.info('Resumed %s from step %d.', workdir, ckpt.latest_step())
   else:
     state = steps.init(keys)
+  # The restored state's own step: the latest checkpoint may not restore.
   first_step = int(jax.device_get(state.step)[0])
+  if first_step:
+    logging.info('Resumed %s from step %d.', workdir, first_step)
 
-  writers = writers_lib.SeedWriters(workdir, seeds)
+  writers = writers_lib.SeedWriters(workdir, seeds, first_step)
   if first_step == 0:
     writers.write_hparams({'sharing': spec, 'num_seeds': config.num_seeds,
                            **{f'params/{k}': v
@@ -252,19 +282,25 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
         phase_s['train'] += seconds
         flag_nonfinite(train_S['loss'], step, diverged, seeds,
                         config.halt_on_nonfinite)
+        # A diverged replica's metrics are missing from then on, so every
+        # aggregate over seeds covers the live replicas only.
+        train_S = mask_diverged(train_S, diverged)
+        live = config.num_seeds - len(diverged)
         writers.write_scalars(step, {f'train/{k}': v
                                      for k, v in train_S.items()})
         examples_per_s = (window_steps * config.batch_size * config.num_seeds
                           / seconds)
         writers.agg.write_scalars(step, {
-            'train/examples_per_sec': examples_per_s})
+            'train/examples_per_sec': examples_per_s,
+            'train/live_replicas': live})
         evals_done = len(history)
         eval_s = ((phase_s['eval'] + phase_s['attention_stats']) / evals_done
                   if evals_done else 0.0)
         logging.info(
-            'step %d/%d: train loss %.4f (mean over seeds), %.2f steps/s '
-            '(%.0f examples/s); ETA %s', step, config.num_train_steps,
-            float(np.nanmean(train_S['loss'])), window_steps / seconds,
+            'step %d/%d: train loss %.4f (mean over %d of %d seeds), %.2f '
+            'steps/s (%.0f examples/s); ETA %s', step, config.num_train_steps,
+            float(np.nanmean(train_S['loss'])) if live else float('nan'),
+            live, config.num_seeds, window_steps / seconds,
             examples_per_s, format_seconds(
                 (config.num_train_steps - step) * seconds / window_steps
                 + evals_left * eval_s))
@@ -279,6 +315,8 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
                 steps, state.params, stats_tokens, config.stats_batch_size)
             maps_SNHTT = _review_maps(steps, state.params, heatmap_tokens,
                                    data.PAD_ID)
+          test_S = mask_diverged(test_S, diverged)
+          stats_S = mask_diverged(stats_S, diverged)
           attention_S = _summary_attention(stats_S)
           layer_S = attn_stats.per_layer(stats_S)
           writers.write_scalars(step, {f'test/{k}': v
@@ -359,6 +397,17 @@ def closing_line(summary: dict, workdir: str) -> str:
 def _threshold_descriptions() -> dict[str, str]:
   return {name: f'weight < {value:g}' + ('/n' if kind == 'relative' else '')
           for name, kind, value in attn_stats.SPARSITY_THRESHOLDS}
+
+
+def mask_diverged(values_S: Mapping[str, np.ndarray],
+                  diverged: Mapping[int, int]) -> dict[str, np.ndarray]:
+  """Metrics [S, ...] with the diverged replicas' entries NaN (missing)."""
+  out = {}
+  for name, value in values_S.items():
+    value = np.array(value, dtype=np.result_type(value, np.float32))
+    value[list(diverged)] = np.nan
+    out[name] = value
+  return out
 
 
 def flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:

@@ -11,25 +11,34 @@ resumes and a different experiment is refused before anything is compiled.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import json
 import math
 import os
-from typing import Any, Mapping
+import socket
+from typing import Any, Iterator, Mapping
+import zipfile
 
+from absl import logging
 import numpy as np
 
 CONFIG_FILE = 'config.json'
 SUMMARY_FILE = 'summary.json'
 ATTENTION_MAPS_FILE = 'attention_maps.npz'
+# Held by the run that trains in the workdir (see lock).
+LOCK_FILE = '.lock'
 # summary.json's format; a reader refuses any other.
 FORMAT = 1
 # The summary keys a reader cannot do without (summary() writes them all).
 REQUIRED_SUMMARY_KEYS = ('condition', 'seeds', 'per_seed', 'finished')
-# Fields that do not change what is trained or measured.
+# Fields that do not change what is trained or measured. seed_chunk,
+# eval_batch_size and stats_batch_size are not among them: they change the
+# order of float32 sums, and so the results in their last digits, which
+# drift apart over many steps.
 OPERATIONAL_FIELDS = ('log_every_steps', 'eval_every_steps',
-                      'ckpt_every_steps', 'max_to_keep', 'eval_batch_size',
-                      'stats_batch_size', 'halt_on_nonfinite', 'seed_chunk')
+                      'ckpt_every_steps', 'max_to_keep', 'halt_on_nonfinite')
 DATA_LOCATION_FIELDS = ('data_dir', 'allow_download')
 
 
@@ -67,17 +76,98 @@ def _diff(old: Any, new: Any, path: str = 'config') -> list[str]:
   return [] if old == new else [f'{path}: {old!r} in the workdir, {new!r} now']
 
 
-def check_workdir(workdir: str, config: dict) -> None:
-  """Raises if `workdir` holds a different experiment than `config`."""
+def _trained(workdir: str) -> bool:
+  """Whether a run in `workdir` got as far as a checkpoint or an evaluation."""
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  return (os.path.exists(os.path.join(workdir, SUMMARY_FILE))
+          or (os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))))
+
+
+def check_workdir(workdir: str, config: dict) -> list[str]:
+  """Raises if `workdir` holds a different experiment than `config`.
+
+  A different config.json in a workdir where nothing was trained yet (no
+  checkpoint, no summary; say a run that failed at its tokenizer) is no
+  experiment to protect: returns the differences, and the caller replaces it.
+  """
   old = read_config(workdir)
   if not old:
-    return
+    return []
   diffs = _diff(identity(old), identity(config))
+  if diffs and not _trained(workdir):
+    return diffs
   if diffs:
     raise ValueError(
         f'{workdir} holds a different experiment, so it cannot be resumed:\n  '
         + '\n  '.join(diffs)
         + '\nUse another --workdir, or delete this one to start over.')
+  return []
+
+
+class WorkdirInUseError(ValueError):
+  """Another run holds the workdir's lock."""
+
+
+def _is_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, under another user.
+    return True
+  return True
+
+
+def _check_holder(workdir: str, path: str) -> None:
+  """Removes the lock at `path` if its holder is dead, else raises."""
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+  except FileNotFoundError:  # Released meanwhile.
+    return
+  except json.JSONDecodeError:  # Being written, or its writer died at once.
+    raise WorkdirInUseError(
+        f'{workdir} is locked by {path}, which cannot be read; if no run '
+        'uses this workdir, delete that file.') from None
+  pid, host = holder['pid'], holder['host']
+  if host != socket.gethostname():
+    raise WorkdirInUseError(
+        f'{workdir} is in use by pid {pid} on host {host} since '
+        f'{holder["started"]}, which cannot be checked from here; if that '
+        f'run is gone, delete {path}.')
+  if _is_running(pid):
+    raise WorkdirInUseError(
+        f'{workdir} is in use by pid {pid} on host {host} since '
+        f'{holder["started"]}; wait for it or use another --workdir.')
+  logging.warning('Taking over %s: its holder, pid %d (since %s), is gone.',
+                  path, pid, holder['started'])
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(path)
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[None]:
+  """Holds `workdir` for this process; raises WorkdirInUseError if taken.
+
+  Two runs in one workdir would overwrite each other's checkpoints. The lock
+  is LOCK_FILE, created atomically, naming the holder's pid, host and start
+  time; one whose holder died on this host is taken over.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      break
+    except FileExistsError:
+      _check_holder(workdir, path)
+  with os.fdopen(fd, 'w') as f:
+    json.dump({'pid': os.getpid(), 'host': socket.gethostname(),
+               'started': datetime.datetime.now().astimezone().isoformat(
+                   timespec='seconds')}, f)
+  try:
+    yield
+  finally:
+    os.remove(path)
 
 
 def write_json(path: str, value: Any) -> None:
@@ -171,17 +261,24 @@ def write_attention_maps(workdir: str, probs_SNHTT: np.ndarray,
 def read_attention_maps(workdir: str) -> dict[str, Any] | None:
   """probs [S, N, H, T', T'] cut to the valid tokens, pieces, label, step.
 
-  None if the run wrote no maps.
+  None if the run wrote no maps; ValueError if the file cannot be read
+  (truncated, not an npz, a key missing).
   """
   path = os.path.join(workdir, ATTENTION_MAPS_FILE)
   if not os.path.exists(path):
     return None
-  # pieces must be a str array: pickled object arrays are refused.
-  with np.load(path, allow_pickle=False) as npz:
-    pieces = [str(p) for p in npz['pieces']]
-    t = len(pieces) or npz['probs'].shape[-1]
-    return dict(probs=npz['probs'][..., :t, :t], pieces=pieces,
-                label=int(npz['label']), step=int(npz['step']))
+  try:
+    # pieces must be a str array: pickled object arrays are refused.
+    with np.load(path, allow_pickle=False) as npz:
+      pieces = [str(p) for p in npz['pieces']]
+      t = len(pieces) or npz['probs'].shape[-1]
+      return dict(probs=npz['probs'][..., :t, :t], pieces=pieces,
+                  label=int(npz['label']), step=int(npz['step']))
+  # BadZipFile: truncated or not a zip; KeyError: a key missing; the others:
+  # a damaged array inside.
+  except (zipfile.BadZipFile, KeyError, ValueError, EOFError, OSError) as e:
+    raise ValueError(f'{path} is unreadable ({type(e).__name__}: '
+                     f'{e})') from e
 
 
 def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],

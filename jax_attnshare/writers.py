@@ -16,12 +16,14 @@ charts come after those instead of first.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterable, Mapping, Sequence
 
 from clu import metric_writers
 import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.util import tensor_util
@@ -46,9 +48,14 @@ _GROUP_TITLES = {'train': 'Train', 'test': 'Test',
 class SeedWriters:
   """One aggregate writer plus one writer per seed."""
 
-  def __init__(self, workdir: str, seeds: Sequence[int]):
+  def __init__(self, workdir: str, seeds: Sequence[int], first_step: int = 0):
+    """`first_step`: the step the run starts from, the restored one if any."""
     tb = os.path.join(workdir, 'tb')
     agg_dir = os.path.join(tb, 'agg')
+    # Past first_step, and at step 0 (the hparams) on a fresh start, this
+    # process writes again what an earlier one wrote before it stopped.
+    for run in ('agg', *(f'seed_{i:02d}' for i in range(len(seeds)))):
+      _mark_restart(os.path.join(tb, run), first_step + 1 if first_step else 0)
     # On resume, the layout keeps charting what the earlier process wrote.
     self._charted = dict.fromkeys(_charted_names(agg_dir))
     self._layout_written = False
@@ -152,6 +159,28 @@ def _category(name: str) -> tuple[int, str]:
   if group in (LAYER_GROUP, HEAD_GROUP):
     title += ': ' + rest.partition('/')[0]
   return list(_GROUP_TITLES).index(group), title
+
+
+def _mark_restart(logdir: str, step: int) -> None:
+  """Has TensorBoard drop the events in `logdir` at `step` and after.
+
+  Event files of file_version 2 are purged only by SessionLog START events:
+  TensorBoard takes the first one it reads as the run's start and, at each
+  later one, drops the events it read before from that step on, so a rerun's
+  steps show once, not twice. So every process writes one, in a file of its
+  own named to sort after the earlier processes' files and before its own
+  (TensorBoard reads a run's files in name order): the time in seconds, then
+  nothing, where the writers add '.host.pid...'.
+  """
+  os.makedirs(logdir, exist_ok=True)
+  now = time.time()
+  path = os.path.join(logdir, f'events.out.tfevents.{int(now):010d}')
+  with tf.io.TFRecordWriter(path) as f:
+    for event in (
+        event_pb2.Event(wall_time=now, file_version='brain.Event:2'),
+        event_pb2.Event(wall_time=now, step=step, session_log=event_pb2
+                        .SessionLog(status=event_pb2.SessionLog.START))):
+      f.write(event.SerializeToString())
 
 
 def _charted_names(logdir: str) -> list[str]:

@@ -240,6 +240,40 @@ class AnalyzeTest(absltest.TestCase):
     self.assertEqual(summary.loc[('entropy', 'kq'), 'n'], 4)
     self.assertEqual(summary.loc[('entropy', 'none'), 'n'], 5)
 
+  def test_unreadable_maps_skip_the_heatmap_only(self):
+    write_run(self.root, 'none')
+    maps_path = write_run(self.root, 'kv') / 'attention_maps.npz'
+    maps_path.write_bytes(maps_path.read_bytes()[:100])
+    with self.assertLogs(level='WARNING') as logs:
+      path = build.run_analysis(self.root, self.out)
+    (warning,) = [m for m in logs.output if 'no attention heatmap' in m]
+    self.assertIn('attention_maps.npz is unreadable (BadZipFile', warning)
+    self.assertTrue((self.out / 'attention_none.png').exists())
+    self.assertFalse((self.out / 'attention_kv.png').exists())
+    text = path.read_text()
+    self.assertIn('- `kv`: no attention heatmap: ', text)
+    self.assertIn('Its statistics come from summary.json and are kept.', text)
+    summary = pd.read_csv(self.out / 'summary_table.csv').set_index(
+        ['metric', 'condition'])
+    self.assertEqual(summary.loc[('entropy', 'kv'), 'n'], 5)
+
+  def test_divergence_of_excluded_runs_only_is_not_denied(self):
+    write_run(self.root, 'none')
+    write_run(self.root, 'kv', finished=False, diverged=(1,))
+    build.run_analysis(self.root, self.out)
+    text = (self.out / 'report.md').read_text()
+    self.assertNotIn('- No replica diverged.', text)
+    self.assertIn('- No replica of the included runs diverged.', text)
+    self.assertIn('- Excluded `kv`: 1 of 5 replicas diverged (seed 1 at step '
+                  '50).', text)
+
+  def test_no_divergence_anywhere_is_said_plainly(self):
+    write_run(self.root, 'none')
+    write_run(self.root, 'kv', finished=False)
+    build.run_analysis(self.root, self.out)
+    self.assertIn('- No replica diverged.',
+                  (self.out / 'report.md').read_text())
+
   def test_plain_config_json_is_read(self):
     workdir = write_run(self.root, 'none')
     (workdir / 'config.json').write_text(json.dumps({'name': 'none'}))

@@ -3,14 +3,20 @@
 import glob
 import json
 import os
+import socket
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
+from tensorboard.backend.event_processing import plugin_event_accumulator
 
 from jax_attnshare import configs
 from jax_attnshare import data
+from jax_attnshare import steps as steps_lib
 from jax_attnshare import train
+from jax_attnshare import workdir as workdir_lib
+from jax_attnshare.report import build
 
 # Tiny models: compile time dominates, so let XLA skip most optimizations.
 jax.config.update('jax_disable_most_optimizations', True)
@@ -72,11 +78,14 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
 
   monkeypatch.setattr(data.TrainBatches, '__call__', real_batch)
-  # Resumed with the seeds one at a time in each step (an operational field:
-  # the same replicas as the vmapped run).
+  # The seeds one at a time in each step would sum in another order: that
+  # is another experiment, refused before anything runs.
   chunked = _config()
   chunked.seed_chunk = 1
-  resumed = train.train_and_evaluate(chunked, workdir, read_texts=fake_texts)
+  with pytest.raises(ValueError, match='config.seed_chunk: 0 in the workdir'):
+    train.train_and_evaluate(chunked, workdir, read_texts=fake_texts)
+  resumed = train.train_and_evaluate(_config(), workdir,
+                                     read_texts=fake_texts)
   assert resumed['finished']
   for key in ('history', 'per_seed'):
     np.testing.assert_allclose(_numbers(resumed[key]),
@@ -96,11 +105,51 @@ def _numbers(tree):
   return [float(tree)]
 
 
+def _truncate_state_files(step_dir):
+  paths = [p for p in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'),
+                                recursive=True) if os.path.isfile(p)]
+  assert paths
+  for path in paths:
+    with open(path, 'r+b') as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def test_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path,
+                                                               fake_texts):
+  workdir = str(tmp_path / 'w')
+  straight = train.train_and_evaluate(_config(), workdir,
+                                     read_texts=fake_texts)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  _truncate_state_files(os.path.join(checkpoints, '6'))
+  resumed = train.train_and_evaluate(_config(), workdir,
+                                     read_texts=fake_texts)
+  assert resumed['finished']
+  for key in ('history', 'per_seed'):
+    np.testing.assert_allclose(_numbers(resumed[key]),
+                               _numbers(straight[key]), rtol=1e-5, atol=1e-6)
+  # Kept, not deleted; the new step 6 restores.
+  assert os.path.isdir(os.path.join(checkpoints, '6.unrestorable'))
+  again = train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  assert again['history'] == resumed['history']
+
+  for step in ('3', '6'):
+    _truncate_state_files(os.path.join(checkpoints, step))
+  before = sorted(glob.glob(os.path.join(checkpoints, '**'), recursive=True))
+  with pytest.raises(train.ConfigError,
+                     match=f'no checkpoint in {checkpoints} restores: step 6 '
+                     r'\(ValueError: .*delete the step folders 3, 6 in it'):
+    train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  assert sorted(glob.glob(os.path.join(checkpoints, '**'),
+                          recursive=True)) == before
+
+
 def test_different_experiment_in_workdir_is_refused(tmp_path, fake_texts):
   workdir = str(tmp_path / 'w')
   os.makedirs(workdir)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump({'config': json.loads(_config('k').to_json())}, f)
+  # Trained: a workdir with nothing trained takes the new config instead.
+  os.makedirs(os.path.join(workdir, 'checkpoints', '3'))
   with pytest.raises(ValueError, match='config.sharing.components'):
     train.train_and_evaluate(_config('kv'), workdir, read_texts=fake_texts)
 
@@ -174,3 +223,119 @@ def test_nonfinite_replica_is_flagged_and_others_go_on():
   assert diverged == {0: 20, 1: 10, 2: 10}
   with pytest.raises(FloatingPointError, match='seed 4'):
     train.flag_nonfinite(np.array([np.nan]), 1, {}, [4], halt=True)
+
+
+def test_diverged_replica_is_missing_and_the_report_leaves_it_out(
+    tmp_path, fake_texts, monkeypatch):
+  """Replica 1's parameters turn NaN after step 2 (injected: no learning
+  rate tried at this size diverges some replicas and not others)."""
+  real_init = steps_lib.SeedSteps.__init__
+
+  def init_with_divergence(self, *args, **kwargs):
+    real_init(self, *args, **kwargs)
+    real_train = self.train
+
+    def train_step(state, batch):
+      state, metrics = real_train(state, batch)
+      if int(jax.device_get(state.step)[0]) == 2:
+        state = state.replace(params=jax.tree.map(
+            lambda x: x.at[1].set(np.nan), state.params))
+      return state, metrics
+    self.train = train_step
+
+  runs = tmp_path / 'runs'
+  normal = train.train_and_evaluate(_config('none'), str(runs / 'none'),
+                                    read_texts=fake_texts)
+  monkeypatch.setattr(steps_lib.SeedSteps, '__init__', init_with_divergence)
+  summary = train.train_and_evaluate(_config('kv'), str(runs / 'kv'),
+                                     read_texts=fake_texts)
+  assert summary['finished']
+  seed0, seed1 = summary['per_seed']
+  assert not seed0['diverged'] and seed0['test_accuracy'] is not None
+  assert seed1['diverged'] and seed1['diverged_at_step'] == 3
+  assert seed1['test_accuracy'] is None and seed1['test_loss'] is None
+  assert all(v is None for v in seed1['attention']['entropy'])
+  last = summary['history'][-1]
+  assert last['test_accuracy'][1] is None
+  assert last['test_accuracy'][0] == seed0['test_accuracy']
+  assert 'over 1 seeds (1 diverged, left out)' in train.closing_line(
+      summary, 'w')
+  assert normal['finished']
+  report = build.run_analysis(runs, tmp_path / 'report')
+  text = report.read_text()
+  assert 'kv' in text and 'diverged' in text
+  tidy = pd.read_csv(tmp_path / 'report' / 'tidy.csv')
+  kv_final = tidy[(tidy['condition'] == 'kv') & (tidy['source'] == 'final')]
+  assert set(kv_final[~kv_final['diverged']]['seed']) == {0}
+
+
+def test_a_workdir_held_by_a_live_run_is_refused_before_writing(
+    tmp_path, fake_texts):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  holder = {'pid': os.getppid(), 'host': socket.gethostname(),
+            'started': 'then'}
+  (workdir / '.lock').write_text(json.dumps(holder))
+  with pytest.raises(train.ConfigError,
+                     match=f'in use by pid {os.getppid()} on host'):
+    train.train_and_evaluate(_config(), str(workdir), read_texts=fake_texts)
+  assert os.listdir(workdir) == ['.lock']
+
+
+def test_corrected_vocab_size_reruns_in_the_same_workdir(tmp_path,
+                                                        fake_texts):
+  workdir = str(tmp_path / 'w')
+  bad = _config()
+  bad.data.vocab_size = 8
+  with pytest.raises(train.ConfigError, match='config.data.vocab_size=8'):
+    train.train_and_evaluate(bad, workdir, read_texts=fake_texts)
+  assert not os.path.exists(os.path.join(workdir, '.lock'))
+  summary = train.train_and_evaluate(_config(), workdir,
+                                     read_texts=fake_texts)
+  assert summary['finished']
+
+
+def _scalar_steps(logdir, tag):
+  # As TensorBoard serves them (TF2 scalar summaries are tensor events).
+  events = plugin_event_accumulator.EventAccumulator(logdir)
+  events.Reload()
+  return [e.step for e in events.Tensors(tag)]
+
+
+def test_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, fake_texts,
+                                                         monkeypatch):
+  config = _config()
+  config.log_every_steps = 1
+  workdir = str(tmp_path / 'w')
+  real_batch = data.TrainBatches.__call__
+
+  def crash_at_step_5(self, step):
+    if step == 4:  # After step 4's scalars; the checkpoint is step 3's.
+      raise KeyboardInterrupt
+    return real_batch(self, step)
+
+  monkeypatch.setattr(data.TrainBatches, '__call__', crash_at_step_5)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, workdir, read_texts=fake_texts)
+  seed_dir = os.path.join(workdir, 'tb', 'seed_00')
+  assert _scalar_steps(seed_dir, 'train/loss') == [1, 2, 3, 4]
+  monkeypatch.setattr(data.TrainBatches, '__call__', real_batch)
+  train.train_and_evaluate(config, workdir, read_texts=fake_texts)
+  for run, tag in (('seed_00', 'train/loss'), ('agg', 'train/loss/mean')):
+    assert _scalar_steps(os.path.join(workdir, 'tb', run), tag) == [
+        1, 2, 3, 4, 5, 6]
+  assert _scalar_steps(seed_dir, 'test/accuracy') == [3, 6]
+
+
+def test_summary_says_finished_only_after_the_attention_maps(
+    tmp_path, fake_texts, monkeypatch):
+  workdir = str(tmp_path / 'w')
+
+  def crash(*args, **kwargs):
+    del args, kwargs
+    raise OSError('disk full')
+
+  monkeypatch.setattr(workdir_lib, 'write_attention_maps', crash)
+  with pytest.raises(OSError, match='disk full'):
+    train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  assert not _summary(workdir)['finished']
