@@ -27,7 +27,7 @@ from jax_attnshare import configs
 
 def get_config(arg=None):
   a = configs.parse_arg(arg, **configs.SIZE_ARGS, variant='all',
-                             embedding=32)
+                        embedding=32)
   if a.variant not in configs.ALBERT_VARIANTS:
     raise ValueError(f'config arg variant={a.variant!r} must be one of '
                      f'{sorted(configs.ALBERT_VARIANTS)}.')

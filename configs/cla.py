@@ -20,7 +20,7 @@ from jax_attnshare import configs
 
 def get_config(arg=None):
   a = configs.parse_arg(arg, **configs.SIZE_ARGS, every=2,
-                             kv_heads=0)
+                        kv_heads=0)
   c = configs.classifier_config('none', a)
   c.sharing.update(kv_activation_every=a.every, kv_heads=a.kv_heads)
   c.name = configs.variant_name(f'cla{a.every}', a, kv_heads=0)

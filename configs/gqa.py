@@ -21,7 +21,7 @@ from jax_attnshare import configs
 
 def get_config(arg=None):
   a = configs.parse_arg(arg, **configs.SIZE_ARGS, groups=2,
-                             share='none')
+                        share='none')
   c = configs.classifier_config(a.share, a)
   if a.cpu or a.tiny:  # Four heads: GQA differs from both MHA and MQA.
     c.model.num_heads = 4

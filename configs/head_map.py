@@ -23,6 +23,6 @@ def get_config(arg=None):
   a = configs.parse_arg(arg, **configs.SIZE_ARGS, share='qk')
   c = configs.classifier_config('none', a)
   c.sharing.head_map = configs.paired_head_map(a.share,
-                                                    c.model.num_heads)
+                                               c.model.num_heads)
   c.name = f'head_map_{a.share}'
   return c

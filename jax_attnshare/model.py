@@ -134,7 +134,8 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x_BTD):
     cfg = self.config
-    h_BTF = ACTIVATIONS[cfg.activation](nn.Dense(cfg.ffn_width, name='in')(x_BTD))
+    h_BTF = ACTIVATIONS[cfg.activation](
+        nn.Dense(cfg.ffn_width, name='in')(x_BTD))
     return nn.Dense(cfg.width, name='out')(h_BTF)
 
 

@@ -32,7 +32,8 @@ class TrainState(train_state.TrainState):
   rng: jax.Array  # base key of this replica's dropout stream
 
 
-def make_optimizer(opt: Any, num_train_steps: int) -> optax.GradientTransformation:
+def make_optimizer(opt: Any,
+                   num_train_steps: int) -> optax.GradientTransformation:
   """Linear warmup, then the configured decay; global-norm clipping."""
   if opt.name not in OPTIMIZERS:
     raise ValueError(f'config.opt.name must be one of {OPTIMIZERS}, got '

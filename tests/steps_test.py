@@ -52,7 +52,7 @@ def _batch(rng, shape):
 def test_replica_equals_single_seed_run(per_seed, seed_chunk):
   model, optimizer = _model(), steps_lib.make_optimizer(_opt(), 10)
   steps = steps_lib.SeedSteps(model, optimizer, T, S, per_seed_batches=per_seed,
-                          seed_chunk=seed_chunk)
+                              seed_chunk=seed_chunk)
   rng = np.random.default_rng(0)
   batches = [_batch(rng, (S, B) if per_seed else (B,)) for _ in range(3)]
   state = steps.init(steps_lib.seed_keys(SEEDS))
@@ -91,7 +91,7 @@ def test_seed_chunks_give_the_vmapped_eval_and_statistics():
 def test_negative_seed_chunk_names_the_field():
   with pytest.raises(ValueError, match='config.seed_chunk'):
     steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10), T, S, False,
-                    seed_chunk=-1)
+                        seed_chunk=-1)
 
 
 def test_seed_keys_are_the_single_seed_keys_and_differ():

@@ -87,12 +87,16 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
   resumed = train.train_and_evaluate(_config(), workdir,
                                      read_texts=fake_texts)
   assert resumed['finished']
-  for key in ('history', 'per_seed'):
-    np.testing.assert_allclose(_numbers(resumed[key]),
-                               _numbers(straight[key]), rtol=1e-5, atol=1e-6)
+  _assert_same_results(resumed, straight)
   # Rerunning a finished workdir changes nothing.
   again = train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
   assert again['history'] == resumed['history']
+
+
+def _assert_same_results(summary, expected):
+  for key in ('history', 'per_seed'):
+    np.testing.assert_allclose(_numbers(summary[key]),
+                               _numbers(expected[key]), rtol=1e-5, atol=1e-6)
 
 
 def _numbers(tree):
@@ -124,9 +128,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path,
   resumed = train.train_and_evaluate(_config(), workdir,
                                      read_texts=fake_texts)
   assert resumed['finished']
-  for key in ('history', 'per_seed'):
-    np.testing.assert_allclose(_numbers(resumed[key]),
-                               _numbers(straight[key]), rtol=1e-5, atol=1e-6)
+  _assert_same_results(resumed, straight)
   # Kept, not deleted; the new step 6 restores.
   assert os.path.isdir(os.path.join(checkpoints, '6.unrestorable'))
   again = train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)

@@ -1,4 +1,7 @@
-"""python -m jax_attnshare.posthoc --config=configs/posthoc_minilm.py[:cpu] --workdir=DIR
+"""The post-hoc sharing study command.
+
+  python -m jax_attnshare.posthoc --config=configs/posthoc_minilm.py[:cpu] \\
+      --workdir=DIR
 
 Runs the post-hoc sharing study of config.source (see study.py) and prints
 its results table.

@@ -109,7 +109,7 @@ class Evaluator:
       return {'quality': float(np.mean(predicted == self.test_labels)),
               'agreement': float(agreement), '_predicted': predicted}
     train_emb = hf_bert.normalize(self._outputs(forward, params,
-                                                   self.train_tokens))
+                                                self.train_tokens))
     test_emb = hf_bert.normalize(test_out)
     fitted, l2 = probe.fit_cv(train_emb, self.train_labels,
                               _numbers(self.config.probe.l2_grid,
@@ -268,7 +268,7 @@ def run(config, workdir: str, read_texts=data.read_tfds_texts) -> pd.DataFrame:
   check_config(config)
   if config.source == 'pretrained':
     source = sources.from_pretrained(config.pretrained_dir,
-                                             config.data.max_length)
+                                     config.data.max_length)
   else:
     source = sources.from_workdir(config.source_workdir, config.replica,
                                   config.allow_unfinished_source)

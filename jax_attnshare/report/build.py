@@ -129,10 +129,10 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
   figure_files = _figures(tidy, final, included, few, maps, out_dir)
   path = out_dir / 'report.md'
   markdown.write_report(path, runs_dir=runs_dir, baseline=baseline, alpha=alpha,
-                      included=included, excluded=excluded, table=table,
-                      omni=omni, final=final, figure_files=figure_files,
-                      dropped=dropped, unreadable_maps=unreadable_maps,
-                      few_evaluations=few)
+                        included=included, excluded=excluded, table=table,
+                        omni=omni, final=final, figure_files=figure_files,
+                        dropped=dropped, unreadable_maps=unreadable_maps,
+                        few_evaluations=few)
   logging.info('Wrote %s', path)
   return path
 

@@ -306,8 +306,8 @@ def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
   """Writes the markdown report; figure_files are (caption, file name).
 
   unreadable_maps: {condition: why} of the included runs whose attention
-  maps could not be read (no heatmap). few_evaluations: {condition: evaluation steps} of the runs evaluated fewer
-  than twice.
+  maps could not be read (no heatmap). few_evaluations: {condition:
+  evaluation steps} of the runs evaluated fewer than twice.
   """
   base = included[0].summary
   thresholds = base.get('sparsity_thresholds', {})

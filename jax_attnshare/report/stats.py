@@ -174,7 +174,8 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 def _power(d: float, n1: float, ratio: float, alpha: float) -> float:
   power_analysis = sm_power.TTestIndPower()
-  p = power_analysis.power(effect_size=abs(d), nobs1=n1, ratio=ratio, alpha=alpha)
+  p = power_analysis.power(effect_size=abs(d), nobs1=n1, ratio=ratio,
+                           alpha=alpha)
   if math.isnan(p):
     # statsmodels returns NaN when the lower-tail term fails at large |d|;
     # that term is then negligible, so the upper tail alone is the power.
