@@ -76,7 +76,7 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
   c.seed = 0
   c.num_seeds = 15
   # Seeds vmapped together inside each step; 0 = all of them (best on an
-  # accelerator). A CPU runs faster with 1: see train.over_seeds.
+  # accelerator). A CPU runs faster with 1: see steps.over_seeds.
   c.seed_chunk = 0
   # Examples per replica per step.
   c.batch_size = 32

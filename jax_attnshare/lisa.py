@@ -22,7 +22,7 @@ layer l with input X and the logits S_{l−1} of the layer before it:
 * The layer passes its own logits on, so a following LISA layer aligns from
   its adjacent layer.
 
-Training (posthoc_train.lisa_loss_fn): base weights frozen; distillation from
+Training (posthoc/finetune.lisa_loss_fn): base weights frozen; distillation from
 the unshared model (KL between its and the substitute's attention maps on
 the SA layers, and a Huber loss on the model outputs) plus the task loss
 where there is one. Suffixes: B batch, T tokens, D width, H heads, A align

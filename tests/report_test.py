@@ -1,4 +1,4 @@
-"""Tests for the analyze CLI and run loading, on synthetic run folders."""
+"""Tests for the report command and run loading, on synthetic run folders."""
 
 import json
 import pathlib
