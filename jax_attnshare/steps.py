@@ -2,15 +2,17 @@
 
 `init_state`, `train_step`, `eval_step`, `stats_step` and `maps_step` see one
 replica. `SeedSteps` jits their `jax.vmap` over a leading seed axis once, and
-shards that axis over the devices when there are several, so replica i
-depends on seed i alone and equals a single-seed run. On one device the
-seeds can instead be vmapped in chunks that the jitted step maps over
+shards that axis over the devices, padded to a multiple of their count with
+repeats of real replicas that every result drops (`SeedLayout`), so replica i
+depends on seed i alone and equals a single-seed run. The seeds on each
+device can instead be vmapped in chunks that the jitted step maps over
 (`seed_chunk`): the same replicas, with one chunk's activations in memory at
 a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -180,50 +182,94 @@ def seed_init(model: nn.Module, optimizer: optax.GradientTransformation,
   return over_seeds(init, (True,), seed_chunk)
 
 
-def sharded_over_devices(num_seeds: int, seed_chunk: int) -> bool:
-  """Whether SeedSteps shards the seeds; raises for an impossible layout."""
-  devices = jax.devices()
-  shard = len(devices) > 1 and num_seeds % len(devices) == 0
+@dataclasses.dataclass(frozen=True)
+class SeedLayout:
+  """S replicas over the devices, padded to a multiple of their count.
+
+  Padding replica j repeats real replica j % num_seeds (its key and, with
+  per-seed batches, its batch): it trains like that replica, so it cannot
+  diverge on its own, and every result drops it. It adds no wall time: each
+  device runs seeds_per_device replicas either way.
+  """
+  num_seeds: int
+  devices: int
+
+  @property
+  def padded_seeds(self) -> int:
+    return -(-self.num_seeds // self.devices) * self.devices
+
+  @property
+  def seeds_per_device(self) -> int:
+    return self.padded_seeds // self.devices
+
+  @property
+  def padding(self) -> int:
+    return self.padded_seeds - self.num_seeds
+
+  def pad_index(self) -> np.ndarray:
+    """The real replica that each padded replica is."""
+    return np.arange(self.padded_seeds) % self.num_seeds
+
+  def describe(self) -> dict[str, int]:
+    return {'devices': self.devices, 'seeds_per_device': self.seeds_per_device,
+            'padding': self.padding}
+
+
+def seed_layout(num_seeds: int, num_devices: int | None = None) -> SeedLayout:
+  """The layout of num_seeds replicas over num_devices (all by default)."""
+  return SeedLayout(num_seeds, num_devices or jax.device_count())
+
+
+def check_seed_chunk(seed_chunk: int) -> None:
   if seed_chunk < 0:
     raise ValueError(f'config.seed_chunk must be >= 0 (0 = all seeds in '
                      f'one vmap), got {seed_chunk}.')
-  if shard and seed_chunk:
-    raise ValueError(
-        f'config.seed_chunk={seed_chunk} runs the seeds in chunks on one '
-        f'device, but the {num_seeds} seeds are sharded over '
-        f'{len(devices)} devices: set config.seed_chunk=0.')
-  return shard
 
 
 class SeedSteps:
   """The seed-mapped, jitted steps over S replicas, sharded over devices.
 
-  seed_chunk 0 vmaps all S replicas at once (sharded over the devices when
-  there are several); seed_chunk c vmaps c at a time inside each step
-  (over_seeds), on one device.
+  The seed axis is padded to a multiple of the device count (SeedLayout) and
+  sharded over the devices; on one device there is no padding. seed_chunk 0
+  vmaps all of a device's replicas at once; seed_chunk c vmaps c at a time
+  inside each step (over_seeds). The steps take and return padded trees;
+  `real` and `real_state` drop the padding from what leaves the device.
   """
 
   def __init__(self, model: nn.Module, optimizer, length: int,
                num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0):
-    devices = jax.devices()
-    shard = sharded_over_devices(num_seeds, seed_chunk)
+    check_seed_chunk(seed_chunk)
+    self.layout = seed_layout(num_seeds)
     # Auto axes: XLA propagates the seed sharding through the vmapped steps.
-    mesh = jax.make_mesh((len(devices) if shard else 1,), ('seed',),
-                         devices=devices if shard else devices[:1],
+    mesh = jax.make_mesh((self.layout.devices,), ('seed',),
                          axis_types=(jax.sharding.AxisType.Auto,))
     self.seed_sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec('seed'))
     self.replicated = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec())
     self.causal = model.config.causal
+    self.per_seed_batches = per_seed_batches
     self.batch_sharding = (self.seed_sharding if per_seed_batches
                            else self.replicated)
 
-    def seeded(fn, per_seed_batch=False):
-      return over_seeds(fn, (True, per_seed_batch), seed_chunk)
+    def on_devices(mapped, per_seed):
+      if not seed_chunk or self.layout.devices == 1:
+        return mapped
+      # lax.map over the sharded seed axis would gather it onto one device:
+      # each device maps over its own seeds instead.
+      spec = jax.sharding.PartitionSpec
+      return jax.shard_map(
+          mapped, mesh=mesh,
+          in_specs=tuple(spec('seed') if p else spec() for p in per_seed),
+          out_specs=spec('seed'))
 
-    self.init = jax.jit(seed_init(model, optimizer, length, seed_chunk),
-                        out_shardings=self.seed_sharding)
+    def seeded(fn, per_seed_batch=False):
+      per_seed = (True, per_seed_batch)
+      return on_devices(over_seeds(fn, per_seed, seed_chunk), per_seed)
+
+    self._seed_init = seed_init(model, optimizer, length, seed_chunk)
+    self._init = jax.jit(on_devices(self._seed_init, (True,)),
+                         out_shardings=self.seed_sharding)
     self.train = jax.jit(
         seeded(functools.partial(train_step, losses=objective(model.config)),
                per_seed_batches),
@@ -231,8 +277,46 @@ class SeedSteps:
     self.eval = jax.jit(seeded(functools.partial(eval_step, model=model)))
     self.stats = jax.jit(seeded(functools.partial(stats_step, model=model)))
     self.maps = jax.jit(seeded(functools.partial(maps_step, model=model)))
+    index = self.layout.pad_index()
+    self._pad = jax.jit(lambda tree: jax.tree.map(lambda x: x[index], tree),
+                        out_shardings=self.seed_sharding)
+    self._unpad = jax.jit(
+        lambda tree: jax.tree.map(lambda x: x[:num_seeds], tree),
+        out_shardings=self.replicated)
+
+  def init(self, keys: jax.Array) -> TrainState:
+    """The padded, seed-sharded state of the replicas of typed keys [S]."""
+    if self.layout.padding:
+      keys = keys[self.layout.pad_index()]
+    return self._init(keys)
+
+  def restore_target(self, keys: jax.Array) -> TrainState:
+    """The abstract state a checkpoint holds: the real replicas only.
+
+    Checkpoints do not depend on the device count, so a run resumes on any.
+    """
+    sharding = self.replicated if self.layout.padding else self.seed_sharding
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(self._seed_init, keys))
+
+  def pad_state(self, state: TrainState) -> TrainState:
+    """A restored state of the real replicas, padded as init pads it."""
+    return self._pad(state) if self.layout.padding else state
+
+  def real_state(self, state: TrainState) -> TrainState:
+    """The real replicas of a padded state, still on the devices."""
+    return self._unpad(state) if self.layout.padding else state
+
+  def real(self, tree: Any) -> Any:
+    """A fetched per-seed tree [S_padded, ...] without its padding."""
+    if not self.layout.padding:
+      return tree
+    return jax.tree.map(lambda x: x[:self.layout.num_seeds], tree)
 
   def put_batch(self, batch: dict) -> dict:
+    if self.per_seed_batches and self.layout.padding:
+      batch = jax.tree.map(lambda x: x[self.layout.pad_index()], batch)
     return jax.device_put(batch, self.batch_sharding)
 
   def put_shared(self, batch: dict) -> dict:
@@ -249,7 +333,7 @@ def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
   for batch in batches:
     sums = steps.eval(params, steps.put_shared(batch))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  total = jax.device_get(total)
+  total = steps.real(jax.device_get(total))
   loss = total['loss_sum'] / total['count']
   accuracy = total['correct'] / total['count']
   if steps.causal:
@@ -261,7 +345,7 @@ def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
 def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,
                          batch_size: int) -> dict[str, np.ndarray]:
   """Statistics per replica on a fixed sample, averaged over equal chunks."""
-  chunks = [jax.device_get(steps.stats(params, steps.put_shared(
-      tokens_BT[i:i + batch_size])))
+  chunks = [steps.real(jax.device_get(steps.stats(params, steps.put_shared(
+      tokens_BT[i:i + batch_size]))))
             for i in range(0, len(tokens_BT), batch_size)]
   return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)

@@ -83,7 +83,7 @@ def check_config(config: Any) -> model_lib.ModelConfig:
   data.check_fields(config.data)
   mcfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
   steps_lib.make_optimizer(config.opt, config.num_train_steps)
-  steps_lib.sharded_over_devices(config.num_seeds, config.seed_chunk)
+  steps_lib.check_seed_chunk(config.seed_chunk)
   return mcfg
 
 
@@ -121,8 +121,8 @@ def _review_maps(steps, params, tokens_T: np.ndarray,
                  pad_id: int) -> np.ndarray:
   """probs_SNHTT of one review, cropped to its valid tokens."""
   n = max(int((tokens_T != pad_id).sum()), 1)
-  probs_SNBHTT = jax.device_get(steps.maps(params,
-                                           steps.put_shared(tokens_T[None])))
+  probs_SNBHTT = steps.real(jax.device_get(
+      steps.maps(params, steps.put_shared(tokens_T[None]))))
   return np.asarray(probs_SNBHTT)[:, :, 0, :, :n, :n]
 
 
@@ -190,10 +190,16 @@ def _train(config: Any, workdir: str, config_name: str,
   per_seed = config.data.seed_mode == 'per_seed'
   steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
                               config.num_seeds, per_seed, config.seed_chunk)
+  layout = steps.layout.describe()
+  logging.info('Seeds over devices: %d seeds on %d devices, %d per device, '
+               'padded with %d repeated replicas whose results are dropped.',
+               config.num_seeds, layout['devices'],
+               layout['seeds_per_device'], layout['padding'])
 
   workdir_lib.write_config(workdir, cfg, {
       'config_name': config_name, 'seeds': seeds, 'sharing': spec,
-      'versions': _versions(), 'devices': [str(d) for d in jax.devices()]})
+      'versions': _versions(), 'devices': [str(d) for d in jax.devices()],
+      'seed_layout': layout})
   try:
     dataset = data.tokenize_dataset(texts, config.data, workdir)
   except ValueError as e:  # A vocab_size that does not suit the texts.
@@ -213,13 +219,14 @@ def _train(config: Any, workdir: str, config_name: str,
   phase_s = dict.fromkeys(PHASES, 0.0)
   if ckpt.latest_step() is not None:
     try:
-      state, meta = ckpt.restore(jax.eval_shape(steps.init, keys))
+      state, meta = ckpt.restore(steps.restore_target(keys))
     except checkpoint.CheckpointError as e:
       ckpt.close()
       raise ConfigError(str(e)) from e
     history = meta['history']
     diverged = {int(k): v for k, v in meta['diverged'].items()}
     wall_before = meta['wall_time_s']
+    state = steps.pad_state(state)
     phase_s.update(meta.get('phase_s', {}))
   else:
     state = steps.init(keys)
@@ -277,7 +284,7 @@ def _train(config: Any, workdir: str, config_name: str,
         if step % config.log_every_steps and not evaluates and not saves:
           continue
         train_S = {k: v / window_steps
-                   for k, v in jax.device_get(window).items()}
+                   for k, v in steps.real(jax.device_get(window)).items()}
         seconds = time.time() - window_start
         phase_s['train'] += seconds
         flag_nonfinite(train_S['loss'], step, diverged, seeds,
@@ -339,7 +346,7 @@ def _train(config: Any, workdir: str, config_name: str,
           summary = write_summary(step, attention_S)
         if saves:
           with timed('checkpoints'):
-            ckpt.save(step, state, {
+            ckpt.save(step, steps.real_state(state), {
                 'seeds': seeds, 'sharing': spec,
                 'history': workdir_lib.jsonable(history), 'diverged': diverged,
                 'wall_time_s': wall_before + time.time() - start_time,

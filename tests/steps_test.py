@@ -94,6 +94,19 @@ def test_negative_seed_chunk_names_the_field():
                         seed_chunk=-1)
 
 
+@pytest.mark.parametrize('num_seeds,devices,layout', [
+    (15, 8, (16, 2, 1)), (4, 2, (4, 2, 0)), (3, 1, (3, 3, 0)),
+    (1, 4, (4, 1, 3))])
+def test_seed_layout_pads_to_a_multiple_of_the_devices(num_seeds, devices,
+                                                       layout):
+  got = steps_lib.seed_layout(num_seeds, devices)
+  assert (got.padded_seeds, got.seeds_per_device, got.padding) == layout
+  assert got.describe() == {'devices': devices, 'seeds_per_device': layout[1],
+                            'padding': layout[2]}
+  np.testing.assert_array_equal(got.pad_index()[:num_seeds],
+                                np.arange(num_seeds))
+
+
 def test_seed_keys_are_the_single_seed_keys_and_differ():
   keys = steps_lib.seed_keys(SEEDS)
   for i, seed in enumerate(SEEDS):
@@ -163,18 +176,35 @@ single, _ = jax.jit(steps_lib.train_step)(single, batch)
 np.testing.assert_allclose(
     kernel[3], single.params["encoder"]["shared_key_g0"]["kernel"],
     rtol=1e-5, atol=1e-6)
-try:  # Chunks of seeds run on one device; here the seeds are sharded.
-  steps_lib.SeedSteps(model, opt, 8, 4, per_seed_batches=False, seed_chunk=1)
-except ValueError as e:
-  assert "config.seed_chunk=0" in str(e), e
-else:
-  raise AssertionError("seed_chunk with sharded seeds did not raise")
+# 3 seeds on 2 devices: padded with a repeat of replica 0, in chunks of 1
+# on each device, with per-seed batches.
+chunked = steps_lib.SeedSteps(model, opt, 8, 3, per_seed_batches=True,
+                              seed_chunk=1)
+assert chunked.layout.describe() == {
+    "devices": 2, "seeds_per_device": 2, "padding": 1}
+batches = {k: np.stack([v, v[::-1], v[::-1] + 1]) for k, v in batch.items()}
+state = chunked.init(steps_lib.seed_keys([0, 1, 3]))
+state, metrics = chunked.train(state, chunked.put_batch(batches))
+assert metrics["loss"].shape == (4,)
+assert chunked.real(jax.device_get(metrics))["loss"].shape == (3,)
+real = chunked.real_state(state)
+kernel = real.params["encoder"]["shared_key_g0"]["kernel"]
+assert kernel.shape[0] == 3
+single = steps_lib.init_state(jax.random.key(3), model, opt, 8)
+single, _ = jax.jit(steps_lib.train_step)(
+    single, {k: v[2] for k, v in batches.items()})
+np.testing.assert_allclose(
+    kernel[2], single.params["encoder"]["shared_key_g0"]["kernel"],
+    rtol=1e-5, atol=1e-6)
 print("sharded ok")
 '''
 
 
 def test_seed_axis_is_sharded_over_devices():
-  """With two (simulated) devices, replicas split across them, unchanged."""
+  """With two (simulated) devices, replicas split across them, unchanged.
+
+  Also padded (3 seeds) and in seed chunks on each device.
+  """
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   result = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT],

@@ -4,6 +4,8 @@ import glob
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -107,6 +109,47 @@ def _numbers(tree):
   if isinstance(tree, bool) or tree is None:
     return []
   return [float(tree)]
+
+
+_FOUR_DEVICE_SCRIPT = '''
+import sys
+import jax
+jax.config.update("jax_disable_most_optimizations", True)
+assert jax.device_count() == 4
+sys.path.insert(0, sys.argv[1])
+from conftest import read_fake_texts
+from jax_attnshare import configs, train
+config = configs.classifier_config("kv", "tiny")
+config.num_seeds = 3
+first = train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
+# Restores the real replicas' checkpoint into the padded layout.
+again = train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
+assert again["history"] == first["history"]
+'''
+
+
+def test_padded_seeds_over_devices_equal_one_device(tmp_path, fake_texts):
+  """3 seeds on 4 devices (1 padding replica) give the 1-device results."""
+  config = _config()
+  config.num_seeds = 3
+  expected = train.train_and_evaluate(config, str(tmp_path / 'one'),
+                                      read_texts=fake_texts)
+  workdir = str(tmp_path / 'four')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run(
+      [sys.executable, '-c', _FOUR_DEVICE_SCRIPT, os.path.dirname(__file__),
+       workdir], env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = _summary(workdir)
+  assert [e['seed'] for e in summary['per_seed']] == [0, 1, 2]
+  _assert_same_results(summary, expected)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['seed_layout'] == {'devices': 4, 'seeds_per_device': 1,
+                                           'padding': 1}
+  maps = np.load(os.path.join(workdir, 'attention_maps.npz'))
+  assert maps['probs'].shape[0] == 3
 
 
 def _truncate_state_files(step_dir):
