@@ -277,7 +277,7 @@ def _train(config: Any, workdir: str, config_name: str,
                        format_seconds(time.time() - window_start),
                        config.log_every_steps)
         last = step == config.num_train_steps
-        evaluates = last or step % config.eval_every_steps == 0
+        evaluates = evaluates_at(config, step)
         saves = last or step % config.ckpt_every_steps == 0
         # Every evaluation and checkpoint step also ends a logging window,
         # so a resumed run logs the same windows as an uninterrupted one.
@@ -372,10 +372,15 @@ def format_seconds(seconds: float) -> str:
   return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
 
 
+def evaluates_at(config: Any, step: int) -> bool:
+  """Whether the run evaluates at `step`: every eval_every_steps, and last."""
+  return step % config.eval_every_steps == 0 or step == config.num_train_steps
+
+
 def evaluation_steps(config: Any, after: int = 0) -> list[int]:
   """The steps after `after` at which the run evaluates."""
   return [s for s in range(after + 1, config.num_train_steps + 1)
-          if s % config.eval_every_steps == 0 or s == config.num_train_steps]
+          if evaluates_at(config, s)]
 
 
 def closing_line(summary: dict, workdir: str) -> str:
