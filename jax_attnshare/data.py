@@ -361,17 +361,6 @@ def tokenize_dataset(texts: DatasetTexts, data_config: Any,
                      data_config.vocab_size)
 
 
-def load_text_dataset(
-    data_config: Any, workdir: str,
-    read_texts: Callable[..., tuple[list[str], np.ndarray]] = read_tfds_texts
-) -> TextDataset:
-  """Reads, subsets and tokenizes the train and test splits."""
-  check_fields(data_config)
-  texts = read_dataset(data_config, read_texts,
-                       data_config.tokenizer_train_examples)
-  return tokenize_dataset(texts, data_config, workdir)
-
-
 class TrainBatches:
   """Training batches that depend only on the step, so resume needs no state.
 

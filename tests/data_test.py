@@ -158,22 +158,30 @@ def test_eval_batches_cover_every_example_once():
   assert (batches[-1]['labels'][2:] == 0).all()
 
 
+def _load_text_dataset(config, workdir, read_texts):
+  """What train.train_and_evaluate does with the data: check, read, encode."""
+  data.check_fields(config)
+  texts = data.read_dataset(config, read_texts,
+                            config.tokenizer_train_examples)
+  return data.tokenize_dataset(texts, config, workdir)
+
+
 def test_load_text_dataset_subsets_are_deterministic(tmp_path):
   config = _config(train_examples=30, data_seed=4)
-  dataset = data.load_text_dataset(config, str(tmp_path), _fake_read)
+  dataset = _load_text_dataset(config, str(tmp_path), _fake_read)
   assert len(dataset.train) == 30 and len(dataset.test) == 50
   assert dataset.train.tokens.shape == (30, 16)
   assert dataset.train.tokens.dtype == dataset.train.labels.dtype == np.int32
   assert dataset.tokenizer.get_piece_size() == dataset.vocab_size == 64
   assert '<br' not in ''.join(data.pieces(dataset.tokenizer,
                                           dataset.test.tokens[1]))
-  again = data.load_text_dataset(config, str(tmp_path), _fake_read)
+  again = _load_text_dataset(config, str(tmp_path), _fake_read)
   np.testing.assert_array_equal(again.train.tokens, dataset.train.tokens)
-  reseeded = data.load_text_dataset(_config(train_examples=30, data_seed=5),
+  reseeded = _load_text_dataset(_config(train_examples=30, data_seed=5),
                                     str(tmp_path), _fake_read)
   assert not np.array_equal(reseeded.train.tokens, dataset.train.tokens)
   # The tokenizer does not depend on the train subset.
-  full = data.load_text_dataset(_config(), str(tmp_path / 'other'),
+  full = _load_text_dataset(_config(), str(tmp_path / 'other'),
                                 _fake_read)
   assert (full.tokenizer.serialized_model_proto()
           == dataset.tokenizer.serialized_model_proto())
@@ -185,7 +193,7 @@ def test_load_text_dataset_subsets_are_deterministic(tmp_path):
     ('train_examples', 121), ('test_examples', 51)])
 def test_load_text_dataset_rejects_bad_fields(tmp_path, field, value):
   with pytest.raises(ValueError, match=f'config.data.{field}'):
-    data.load_text_dataset(_config(**{field: value}), str(tmp_path),
+    _load_text_dataset(_config(**{field: value}), str(tmp_path),
                            _fake_read)
 
 

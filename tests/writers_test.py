@@ -1,7 +1,6 @@
 """SeedWriters: events and Custom Scalars layout, read back as TensorBoard does."""
 
 import glob
-import os
 import time
 
 from google.protobuf import json_format
