@@ -10,7 +10,7 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
 is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/mqa.py:cpu
   python -m jax_attnshare.main --config=configs/mqa.py:cpu,share=kv
-Args: `share=` components shared across layers, `cpu`, `tiny`, `seeds=N`.
+Args: `share=` components shared across layers, `cpu`, `tiny`, `seeds=N`, `regime=blog`.
 """
 
 from jax_attnshare import configs

@@ -5,15 +5,22 @@
 #   experiments/blog.sh all cpu runs/blog        # 2-core CPU size
 #   experiments/blog.sh exp1 '' runs/blog_full   # full size, for a GPU/TPU
 #
+#   experiments/blog.sh all 'cpu,regime=blog' runs/blog_cpu   # blog regime
+#
 # Experiment 1 compares none, kv, kq, qv, kqv; experiment 2 none, k, q, v, kqv.
 # Each condition trains once into OUT/<condition> (rerunning resumes or skips
 # finished runs); OUT/exp1 and OUT/exp2 link to the conditions they compare,
 # so each can be analysed on its own:
 #   python -m jax_attnshare.report --runs OUT/exp1 --out OUT/exp1_report
+# Each replica draws its own data order (seed_mode=per_seed), so conclusions
+# generalise over data order; SEED_MODE=shared pairs the conditions on one
+# data order instead (the report then says its comparisons are conditional
+# on it).
 set -euo pipefail
 which=${1:-all}
 arg=${2:-cpu}
 out=${3:-runs/blog}
+seed_mode=${SEED_MODE:-per_seed}
 
 declare -A config=(
   [none]=no_share [k]=k_share [q]=q_share [v]=v_share [kv]=kv_share
@@ -34,7 +41,7 @@ for experiment in "${experiments[@]}"; do
   for condition in "${conditions[@]}"; do
     python -m jax_attnshare.main \
       --config="configs/${config[$condition]}.py$suffix" \
-      --workdir="$out/$condition"
+      --workdir="$out/$condition" --config.data.seed_mode="$seed_mode"
     ln -sfn "../$condition" "$out/$experiment/$condition"
   done
   echo "Analyse with: python -m jax_attnshare.report --runs $out/$experiment --out $out/${experiment}_report"

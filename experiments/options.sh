@@ -12,9 +12,12 @@
 # and test the classifiers against the baseline with
 #   python -m jax_attnshare.report --runs OUT/classify --out OUT/classify_report
 # (GQA and MQA use 4 heads at the CPU size: their own MHA reference is gqa4).
+# Each replica draws its own data order; SEED_MODE=shared pairs the options
+# on one data order instead.
 set -euo pipefail
 arg=${1:-cpu}
 out=${2:-runs/options}
+seed_mode=${SEED_MODE:-per_seed}
 
 # task, workdir name, config file, extra config args; the most informative
 # first, so an interrupted sweep has covered every kind of option.
@@ -40,7 +43,7 @@ runs=(
 train() {  # task, workdir name, config, extra config args
   local args=$arg${arg:+${4:+,}}${4:-}
   python -m jax_attnshare.main --config="configs/$3.py${args:+:$args}" \
-    --workdir="$out/$1/$2"
+    --workdir="$out/$1/$2" --config.data.seed_mode="$seed_mode"
 }
 
 for row in "${runs[@]}"; do train $row; done

@@ -13,6 +13,13 @@ mask `mask_BT`. Conventions shared by every statistic:
   none is left every statistic is 0.
 * Every division is guarded so that nothing is NaN; the edge cases are in the
   docstrings of the functions that meet them.
+
+Beside them, statistics that can see padding, for models that attend to it
+(the blog's base code masks nothing): `padding_mass`, the attention mass on
+padded keys (mean over valid queries), and `entropy_all_tokens` and
+`sparsity_all_tokens_<name>`, computed on the raw maps over all T queries and
+T keys, as code that knows nothing of padding computes them (relative
+thresholds then use T). These need finite maps in every row.
 """
 
 import jax
@@ -28,6 +35,10 @@ SPARSITY_THRESHOLDS = (
     ('rel_1', 'relative', 1.0),
 )
 _SPARSITY_KEYS = tuple(f'sparsity_{name}' for name, _, _ in SPARSITY_THRESHOLDS)
+_ALL_TOKENS_SPARSITY_KEYS = tuple(
+    f'sparsity_all_tokens_{name}' for name, _, _ in SPARSITY_THRESHOLDS)
+PADDING_METRICS = (('padding_mass', 'entropy_all_tokens')
+                   + _ALL_TOKENS_SPARSITY_KEYS)
 # A weight counts as below tau only if below tau * (1 - rtol), so that an
 # exactly uniform row renormalized with rounding error is not "below uniform".
 _SPARSITY_RTOL = 1e-5
@@ -37,7 +48,7 @@ _CONSTANT_REL_STD = 1e-5
 
 # What attention_stats returns, by shape. [N, H] metrics that per_layer()
 # averages over heads:
-HEAD_METRICS = ('entropy', 'entropy_norm') + _SPARSITY_KEYS
+HEAD_METRICS = ('entropy', 'entropy_norm') + _SPARSITY_KEYS + PADDING_METRICS
 # One number per layer ([N]) or per adjacent layer pair ([N - 1]), and
 # per_layer()'s output:
 PER_LAYER_METRICS = HEAD_METRICS + (
@@ -134,15 +145,44 @@ def _layer_stats(p_BHTT: jax.Array,
   for key, (_, kind, value) in zip(_SPARSITY_KEYS, SPARSITY_THRESHOLDS):
     tau_B = (jnp.full_like(n_B, value) if kind == 'absolute'
              else _safe_div(value, n_B))
-    tau_B111 = (tau_B * (1. - _SPARSITY_RTOL))[:, None, None, None]
-    below_BHTT = (p_BHTT < tau_B111) & pair_BTT[:, None]
-    frac_BH = _safe_div(jnp.sum(below_BHTT, axis=(-2, -1)).astype(jnp.float32),
-                        (n_B * n_B)[:, None])
-    out[key] = _example_mean(frac_BH, n_B)
+    out[key] = _example_mean(_sparsity(p_BHTT, tau_B, pair_BTT), n_B)
   corr_B, corr_BH = _head_correlation(p_BHTT, pair_BTT, n_B)
   out['head_correlation'] = _example_mean(corr_B, n_B)
   out['head_specialization'] = 1. - out['head_correlation']
   out['head_correlation_per_head'] = _example_mean(corr_BH, n_B)
+  return out
+
+
+def _sparsity(p_BHTT: jax.Array, tau_B: jax.Array,
+              pair_BTT: jax.Array) -> jax.Array:
+  """Fraction of the pairs' weights below tau_B, per example -> [B, H]."""
+  tau_B111 = (tau_B * (1. - _SPARSITY_RTOL))[:, None, None, None]
+  below_BHTT = (p_BHTT < tau_B111) & pair_BTT[:, None]
+  count_B = jnp.sum(pair_BTT, axis=(-2, -1)).astype(jnp.float32)
+  return _safe_div(jnp.sum(below_BHTT, axis=(-2, -1)).astype(jnp.float32),
+                   count_B[:, None])
+
+
+def _padding_stats(raw_BHTT: jax.Array,
+                   valid_BT: jax.Array) -> dict[str, jax.Array]:
+  """PADDING_METRICS of one layer's raw (not renormalized) maps."""
+  n_B = jnp.sum(valid_BT, axis=-1).astype(jnp.float32)
+  p_BHTT = raw_BHTT.astype(jnp.float32)
+  t = p_BHTT.shape[-1]
+  padded_B11T = ~valid_BT[:, None, None, :]
+  # Padded query rows may hold anything; they are left out of the mean.
+  mass_BHT = jnp.sum(jnp.where(padded_B11T, p_BHTT, 0.), axis=-1)
+  mass_BHT = jnp.where(valid_BT[:, None, :], mass_BHT, 0.)
+  out = {'padding_mass': _example_mean(_query_mean(mass_BHT, valid_BT, n_B),
+                                       n_B)}
+  ent_BH = jnp.mean(-jnp.sum(_xlogy(p_BHTT, p_BHTT), axis=-1), axis=-1)
+  out['entropy_all_tokens'] = _example_mean(ent_BH, n_B)
+  all_BTT = jnp.ones(p_BHTT.shape[:1] + p_BHTT.shape[2:], bool)
+  for key, (_, kind, value) in zip(_ALL_TOKENS_SPARSITY_KEYS,
+                                   SPARSITY_THRESHOLDS):
+    tau = value if kind == 'absolute' else value / t
+    tau_B = jnp.full(n_B.shape, tau, jnp.float32)
+    out[key] = _example_mean(_sparsity(p_BHTT, tau_B, all_BTT), n_B)
   return out
 
 
@@ -175,7 +215,8 @@ def attention_stats(probs_NBHTT: jax.Array,
     mask_BT: True for real tokens, False for padding.
 
   Returns:
-    entropy, entropy_norm, sparsity_<name> [N, H]; head_correlation,
+    entropy, entropy_norm, sparsity_<name> and PADDING_METRICS [N, H];
+    head_correlation,
     head_specialization [N]; head_correlation_per_head [N, H]; js_layers,
     cosine_layers [N, N]; js_adjacent, js_adjacent_aligned [N - 1];
     js_adjacent_per_head, js_adjacent_aligned_per_head [N - 1, H].
@@ -189,6 +230,7 @@ def attention_stats(probs_NBHTT: jax.Array,
   n, _, h = p_NBHTT.shape[:3]
   # lax.map keeps one layer's (or pair's) temporaries alive at a time.
   out = lax.map(lambda p: _layer_stats(p, valid_BT), p_NBHTT)
+  out.update(lax.map(lambda p: _padding_stats(p, valid_BT), probs_NBHTT))
 
   js_layers = jnp.zeros((n, n), jnp.float32)
   cosine_layers = jnp.ones((n, n), jnp.float32)

@@ -1,5 +1,11 @@
-"""Text classification data: TFDS reading, SentencePiece tokens, batches."""
+"""Text classification data: TFDS reading, tokenizers, batches.
 
+Two tokenizers (config.data.tokenizer): a SentencePiece unigram model, and
+the blog's base code's lower-cased whitespace words (torchtext's
+`Field(lower=True)`), its vocabulary the most frequent words.
+"""
+
+import collections
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import io
@@ -163,13 +169,103 @@ def _train_sentencepiece(train_texts: Sequence[str], vocab_size: int,
       minloglevel=2)
 
 
+TOKENIZERS = ('sentencepiece', 'words')
+# The file each tokenizer keeps in the workdir's tokenizer/ folder.
+_TOKENIZER_FILES = {'sentencepiece': 'spm.model', 'words': 'words.txt'}
+
+
+class WordTokenizer:
+  """Lower-cased whitespace words; ids by descending training frequency.
+
+  Id 0 is <pad>, 1 is <unk> (any word outside the vocabulary), then the
+  vocab_size - 2 most frequent training words, ties in alphabetical order
+  (torchtext's build_vocab order). The methods used here mirror
+  SentencePieceProcessor's, so either tokenizer serves encode() and pieces().
+  """
+
+  def __init__(self, words: Sequence[str]):
+    self.words = list(words)
+    self._ids = {w: i for i, w in enumerate(self.words)}
+
+  @classmethod
+  def train(cls, texts: Sequence[str], vocab_size: int) -> 'WordTokenizer':
+    counts = collections.Counter(w for t in texts for w in t.lower().split())
+    if len(counts) < vocab_size - 2:
+      raise ValueError(
+          f'config.data.vocab_size={vocab_size} does not suit the '
+          f'{len(texts)} tokenizer training texts: they have only '
+          f'{len(counts)} distinct words, and the vocabulary holds '
+          f'vocab_size - 2 words plus <pad> and <unk>. Lower '
+          'config.data.vocab_size or raise '
+          'config.data.tokenizer_train_examples.')
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return cls(['<pad>', '<unk>'] + [w for w, _ in ranked[:vocab_size - 2]])
+
+  def get_piece_size(self) -> int:
+    return len(self.words)
+
+  def id_to_piece(self, i: int) -> str:
+    return self.words[i]
+
+  def encode(self, texts: str | Sequence[str]):
+    """Ids of one text, or a list of them for a list of texts."""
+    if isinstance(texts, str):
+      return [self._ids.get(w, UNK_ID) for w in texts.lower().split()]
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return ' '.join(self.words[i] for i in ids if i != PAD_ID)
+
+  def serialized(self) -> bytes:
+    return ''.join(w + '\n' for w in self.words).encode('utf-8')
+
+
+def _load_tokenizer(kind: str, path: str):
+  if kind == 'words':
+    with open(path, encoding='utf-8') as f:
+      return WordTokenizer(f.read().splitlines())
+  return spm.SentencePieceProcessor(model_file=path)
+
+
+def _train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int):
+  """Returns (tokenizer, its file's bytes)."""
+  if kind == 'words':
+    tokenizer = WordTokenizer.train(texts, vocab_size)
+    return tokenizer, tokenizer.serialized()
+  model = io.BytesIO()
+  try:
+    _train_sentencepiece(texts, vocab_size, model)
+  except RuntimeError as e:
+    reason = _VOCAB_SIZE_ERROR_RE.search(str(e))
+    if not reason:
+      raise
+    raise ValueError(
+        f'config.data.vocab_size={vocab_size} does not suit the '
+        f'{len(texts)} tokenizer training texts (SentencePiece: '
+        f'{reason.group(0)}). Change config.data.vocab_size.') from None
+  return (spm.SentencePieceProcessor(model_proto=model.getvalue()),
+          model.getvalue())
+
+
+def check_tokenizer(kind: str) -> None:
+  if kind not in TOKENIZERS:
+    raise ValueError(f'config.data.tokenizer must be one of {TOKENIZERS}, '
+                     f'got {kind!r}.')
+
+
+def tokenizer_path(workdir: str, kind: str) -> str:
+  """Where a run in `workdir` keeps its tokenizer of kind `kind`."""
+  check_tokenizer(kind)
+  return os.path.join(workdir, 'tokenizer', _TOKENIZER_FILES[kind])
+
+
 def load_or_train_tokenizer(
     texts: Sequence[str], vocab_size: int, model_path: str,
-    max_train_texts: int
-) -> spm.SentencePieceProcessor:
-  """Loads the SentencePiece model at model_path, training it if absent."""
+    max_train_texts: int, kind: str = 'sentencepiece'):
+  """Loads the `kind` tokenizer at model_path, training it if absent."""
+  check_tokenizer(kind)
   if os.path.exists(model_path):
-    tokenizer = spm.SentencePieceProcessor(model_file=model_path)
+    tokenizer = _load_tokenizer(kind, model_path)
     if tokenizer.get_piece_size() != vocab_size:
       raise ValueError(
           f'Tokenizer {model_path} has {tokenizer.get_piece_size()} pieces '
@@ -178,31 +274,27 @@ def load_or_train_tokenizer(
     logging.info('Loaded tokenizer %s', model_path)
     return tokenizer
   train_texts = list(texts[:max_train_texts])
-  model = io.BytesIO()
   start = time.time()
-  try:
-    _train_sentencepiece(train_texts, vocab_size, model)
-  except RuntimeError as e:
-    reason = _VOCAB_SIZE_ERROR_RE.search(str(e))
-    if not reason:
-      raise
-    raise ValueError(
-        f'config.data.vocab_size={vocab_size} does not suit the '
-        f'{len(train_texts)} tokenizer training texts (SentencePiece: '
-        f'{reason.group(0)}). Change config.data.vocab_size.') from None
-  logging.info('Trained tokenizer (vocab %d) on %d texts in %.1fs',
+  tokenizer, serialized = _train_tokenizer(kind, train_texts, vocab_size)
+  logging.info('Trained %s tokenizer (vocab %d) on %d texts in %.1fs', kind,
                vocab_size, len(train_texts), time.time() - start)
   # Written atomically so a crash never leaves a truncated model behind.
   model_dir = os.path.dirname(os.path.abspath(model_path))
   os.makedirs(model_dir, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(dir=model_dir, suffix='.tmp')
   with os.fdopen(fd, 'wb') as f:
-    f.write(model.getvalue())
+    f.write(serialized)
   os.replace(tmp_path, model_path)
-  return spm.SentencePieceProcessor(model_proto=model.getvalue())
+  return tokenizer
 
 
-def encode(tokenizer: spm.SentencePieceProcessor, texts: Sequence[str],
+def load_tokenizer(workdir: str, data_config: Any):
+  """The tokenizer a finished or running training run in workdir wrote."""
+  kind = data_config.get('tokenizer', 'sentencepiece')
+  return _load_tokenizer(kind, tokenizer_path(workdir, kind))
+
+
+def encode(tokenizer, texts: Sequence[str],
            max_length: int) -> np.ndarray:
   """Returns int32 ids [N, max_length]: truncated at the end, PAD padded."""
   tokens = np.full([len(texts), max_length], PAD_ID, np.int32)
@@ -212,8 +304,7 @@ def encode(tokenizer: spm.SentencePieceProcessor, texts: Sequence[str],
   return tokens
 
 
-def pieces(tokenizer: spm.SentencePieceProcessor,
-           token_ids: np.ndarray) -> list[str]:
+def pieces(tokenizer, token_ids: np.ndarray) -> list[str]:
   """Returns the piece strings of the non-pad tokens of one example."""
   return [tokenizer.id_to_piece(int(i)) for i in token_ids if i != PAD_ID]
 
@@ -238,7 +329,7 @@ class TextDataset:
   """Train and test splits with the tokenizer that made them."""
   train: Split
   test: Split
-  tokenizer: spm.SentencePieceProcessor
+  tokenizer: Any  # spm.SentencePieceProcessor or WordTokenizer
   vocab_size: int
 
 
@@ -267,6 +358,7 @@ def check_subset_fields(config: Any) -> None:
 def check_fields(config: Any) -> None:
   """Raises ValueError naming the first invalid config.data field."""
   _check(config, _TOKENIZER_FIELDS + _SUBSET_FIELDS)
+  check_tokenizer(config.get('tokenizer', 'sentencepiece'))
 
 
 def _subset_index(split_size: int, size: int, data_seed: int,
@@ -344,10 +436,11 @@ def read_dataset(
 def tokenize_dataset(texts: DatasetTexts, data_config: Any,
                      workdir: str) -> TextDataset:
   """Encodes both splits with the workdir's tokenizer, training it if new."""
+  kind = data_config.get('tokenizer', 'sentencepiece')
   tokenizer = load_or_train_tokenizer(
       texts.tokenizer_texts, data_config.vocab_size,
-      os.path.join(workdir, 'tokenizer', 'spm.model'),
-      data_config.tokenizer_train_examples)
+      tokenizer_path(workdir, kind), data_config.tokenizer_train_examples,
+      kind)
   splits = {}
   for split, split_texts in (('train', texts.train), ('test', texts.test)):
     start = time.time()
@@ -397,16 +490,22 @@ class TrainBatches:
       self._cached_epoch = epoch
     return self._orders
 
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
-    """Returns the batch of 0-based `step`: tokens [(S,) B, T], labels."""
+  def rows(self, step: int) -> np.ndarray:
+    """The split's rows in the batch of 0-based `step`: [(S,) B] ints.
+
+    Training gathers them from the split on the device (steps.SeedSteps).
+    """
     if step < 0:
       raise ValueError(f'step must be >= 0, got {step}')
     epoch, offset = divmod(step, self.steps_per_epoch)
     start = offset * self.batch_size
     rows = np.stack([order[start:start + self.batch_size]
                      for order in self._epoch_orders(epoch)])
-    if self._replica_seeds is None:
-      rows = rows[0]
+    return rows[0] if self._replica_seeds is None else rows
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    """Returns the batch of 0-based `step`: tokens [(S,) B, T], labels."""
+    rows = self.rows(step)
     return {'tokens': self.split.tokens[rows],
             'labels': self.split.labels[rows]}
 

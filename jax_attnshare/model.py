@@ -1,9 +1,11 @@
 """Encoder classifier and causal LM, their parts shared as a SharingSpec says.
 
-The base follows the blog's base code (pbloem/former CTransformer): token plus
-learned position embeddings, post-LN blocks, multi-head attention with per-head
-width K = D / H and scale 1/sqrt(K), a ReLU FFN, mean or max pooling and a
-linear head. A shared component is created once per layer group by the encoder
+The architecture is the blog's base code's (pbloem/former CTransformer): token
+plus learned position embeddings, post-LN blocks, multi-head attention with
+per-head width K = D / H and scale 1/sqrt(K), a ReLU FFN, mean or max pooling
+and a linear head. Whether padding is masked and how parameters are
+initialised are fields: the base code masks nothing and uses PyTorch's
+initialisers (`padding_mask=False, pooling_mask=False, init='pytorch'`). A shared component is created once per layer group by the encoder
 and handed to every block of the group, so Flax binds one parameter subtree in
 all of them. Within a layer, a projection stores only its distinct heads and
 gathers them by the spec's static head index; SA and CLA layers take the map
@@ -36,6 +38,7 @@ ATTENTION_COLLECTION = 'intermediates'
 ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu,
                'gelu_exact': lambda x: nn.gelu(x, approximate=False)}
 POOLINGS = ('mean', 'max')
+INITS = ('flax', 'pytorch')
 TASKS = ('classify', 'lm')
 
 
@@ -52,7 +55,10 @@ class ModelConfig:
   num_classes: int = 2
   dropout_rate: float = 0.0
   pooling: str = 'mean'
+  # Attention gives padded keys no weight.
   padding_mask: bool = True
+  # Pooling leaves padded positions out.
+  pooling_mask: bool = True
   qkv_bias: bool = False
   activation: str = 'relu'
   layer_norm_eps: float = 1e-5
@@ -61,9 +67,14 @@ class ModelConfig:
   # ALBERT's factorized embedding: tokens are embedded in E dimensions and
   # projected to D; 0 means E = D and no projection.
   embedding_width: int = 0
+  # 'flax': lecun-normal kernels, zero biases, N(0, 1/E) embeddings.
+  # 'pytorch': torch.nn.Linear's U(+-1/sqrt(fan_in)) kernels and biases and
+  # nn.Embedding's N(0, 1), as the blog's base code.
+  init: str = 'flax'
   # Std of a N(0, std^2) init of the token and position embedding tables; 0
-  # keeps Flax's default (std 1/sqrt(E)), under which layer 0's attention
-  # logits have std about 2/E and its maps stay uniform (see the README).
+  # keeps the init's default (1/sqrt(E) for 'flax', under which layer 0's
+  # attention logits have std about 2/E and its maps stay uniform; 1 for
+  # 'pytorch').
   embedding_init_std: float = 0.0
   # A decoder: each token attends to itself and earlier tokens only.
   causal: bool = False
@@ -100,6 +111,10 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   if embedding_width < 0:
     raise ValueError(f'config.model.embedding_width must be >= 0 (0 = '
                      f'config.model.width), got {embedding_width}.')
+  init = m.get('init', 'flax')
+  if init not in INITS:
+    raise ValueError(f'config.model.init must be one of {INITS}, got '
+                     f'{init!r}.')
   embedding_init_std = m.get('embedding_init_std', 0.0)
   if not (math.isfinite(embedding_init_std) and embedding_init_std >= 0):
     raise ValueError(f'config.model.embedding_init_std must be a finite number '
@@ -111,10 +126,11 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
       width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
       ffn_width=m.ffn_multiplier * m.width, num_classes=m.num_classes,
       dropout_rate=m.dropout_rate, pooling=m.pooling,
-      padding_mask=m.padding_mask, qkv_bias=m.qkv_bias,
+      padding_mask=m.padding_mask,
+      pooling_mask=m.get('pooling_mask', True), qkv_bias=m.qkv_bias,
       activation=m.activation, layer_norm_eps=m.layer_norm_eps,
       embedding_norm=m.embedding_norm, pad_id=pad_id,
-      embedding_width=embedding_width,
+      embedding_width=embedding_width, init=init,
       embedding_init_std=float(embedding_init_std), causal=task == 'lm')
 
 
@@ -127,6 +143,20 @@ def stored_heads(cfg: ModelConfig, projection: str,
   return cfg.num_heads if index is None else max(index) + 1
 
 
+def dense_init(cfg: ModelConfig, fan_in: int) -> dict[str, Any]:
+  """Initializer kwargs of a Dense layer that reads fan_in inputs."""
+  if cfg.init == 'flax':
+    return {}
+  bound = 1 / math.sqrt(fan_in)
+
+  def bias_init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  # Variance bound^2 / 3 = 1 / (3 fan_in): torch's kaiming_uniform(a=sqrt(5)).
+  return {'kernel_init': nn.initializers.variance_scaling(
+      1 / 3, 'fan_in', 'uniform'), 'bias_init': bias_init}
+
+
 class FeedForward(nn.Module):
   """Position-wise FFN: Dense(F) -> activation -> Dense(D)."""
   config: ModelConfig
@@ -135,8 +165,10 @@ class FeedForward(nn.Module):
   def __call__(self, x_BTD):
     cfg = self.config
     h_BTF = ACTIVATIONS[cfg.activation](
-        nn.Dense(cfg.ffn_width, name='in')(x_BTD))
-    return nn.Dense(cfg.width, name='out')(h_BTF)
+        nn.Dense(cfg.ffn_width, name='in', **dense_init(cfg, cfg.width))(
+            x_BTD))
+    return nn.Dense(cfg.width, name='out',
+                    **dense_init(cfg, cfg.ffn_width))(h_BTF)
 
 
 class LayerNorms(nn.Module):
@@ -163,8 +195,8 @@ class SharedWeightQKV(nn.Module):
   def __call__(self, x_BTD):
     cfg = self.config
     shape = (cfg.num_heads, cfg.head_width)
-    s_BTHK = nn.DenseGeneral(shape, use_bias=cfg.qkv_bias, name='shared')(
-        x_BTD)
+    s_BTHK = nn.DenseGeneral(shape, use_bias=cfg.qkv_bias, name='shared',
+                             **dense_init(cfg, cfg.width))(x_BTD)
     diagonals = [self.param(f'{c}_scale', nn.initializers.ones, shape)
                  for c in ('query', 'key', 'value')]
     return tuple(s_BTHK * d_HK[None, None] for d_HK in diagonals)
@@ -184,9 +216,11 @@ def make_component(cfg: ModelConfig, part: str, name: str,
   # kernels, which the default initializers cannot scale (zero fan).
   empty = {} if heads else {'kernel_init': nn.initializers.zeros}
   if part == 'output':
-    return nn.DenseGeneral(cfg.width, axis=(-2, -1), name=name, **empty)
+    return nn.DenseGeneral(
+        cfg.width, axis=(-2, -1), name=name,
+        **{**dense_init(cfg, max(heads, 1) * cfg.head_width), **empty})
   return nn.DenseGeneral((heads, cfg.head_width), use_bias=cfg.qkv_bias,
-                         name=name, **empty)
+                         name=name, **{**dense_init(cfg, cfg.width), **empty})
 
 
 def _expand(t_BTMK, index):
@@ -337,8 +371,8 @@ def embed(cfg: ModelConfig, tokens_BT, deterministic: bool):
   Called inside a parent's compact method, so its modules belong to it.
   """
   e = cfg.embedding_width if cfg.factorized else cfg.width
-  init = ({'embedding_init': nn.initializers.normal(cfg.embedding_init_std)}
-          if cfg.embedding_init_std else {})
+  std = cfg.embedding_init_std or (1.0 if cfg.init == 'pytorch' else 0.0)
+  init = {'embedding_init': nn.initializers.normal(std)} if std else {}
   positions_T = jnp.arange(tokens_BT.shape[1])
   x_BTE = (nn.Embed(cfg.vocab_size, e, name='token_embed', **init)(tokens_BT)
            + nn.Embed(cfg.max_length, e, name='position_embed', **init)(
@@ -346,7 +380,8 @@ def embed(cfg: ModelConfig, tokens_BT, deterministic: bool):
   if cfg.embedding_norm:
     x_BTE = nn.LayerNorm(cfg.layer_norm_eps, name='ln_embed')(x_BTE)
   if cfg.factorized:
-    x_BTE = nn.Dense(cfg.width, name='embed_projection')(x_BTE)
+    x_BTE = nn.Dense(cfg.width, name='embed_projection',
+                     **dense_init(cfg, e))(x_BTE)
   return nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTE)
 
 
@@ -365,11 +400,12 @@ class Classifier(nn.Module):
     x_BTD = embed(cfg, tokens_BT, deterministic)
     x_BTD = Encoder(cfg, name='encoder')(
         x_BTD, attention_mask(cfg, valid_BT), deterministic)
-    pooled_BD = pool(x_BTD, valid_BT if cfg.padding_mask else None,
+    pooled_BD = pool(x_BTD, valid_BT if cfg.pooling_mask else None,
                      cfg.pooling)
     if not cfg.num_classes:
       return pooled_BD
-    return nn.Dense(cfg.num_classes, name='head')(pooled_BD)
+    return nn.Dense(cfg.num_classes, name='head',
+                    **dense_init(cfg, cfg.width))(pooled_BD)
 
 
 class LanguageModel(nn.Module):
@@ -382,7 +418,8 @@ class LanguageModel(nn.Module):
     x_BTD = embed(cfg, tokens_BT, deterministic)
     x_BTD = Encoder(cfg, name='encoder')(
         x_BTD, attention_mask(cfg, tokens_BT != cfg.pad_id), deterministic)
-    return nn.Dense(cfg.vocab_size, name='lm_head')(x_BTD)
+    return nn.Dense(cfg.vocab_size, name='lm_head',
+                    **dense_init(cfg, cfg.width))(x_BTD)
 
 
 def make_model(cfg: ModelConfig) -> nn.Module:

@@ -162,8 +162,9 @@ def test_padding_changes_nothing():
   base = _stats(core, np.ones((1, 4), bool))
   with_pad = _stats(padded, mask[None])
   for key, value in base.items():
-    np.testing.assert_allclose(with_pad[key], value, rtol=1e-5, atol=1e-6,
-                               err_msg=key)
+    if key not in attn_stats.PADDING_METRICS:  # They exist to see padding.
+      np.testing.assert_allclose(with_pad[key], value, rtol=1e-5, atol=1e-6,
+                                 err_msg=key)
 
 
 def test_examples_weigh_equally_and_empty_ones_not_at_all():
@@ -233,3 +234,42 @@ def test_no_nan_in_degenerate_cases(n_layers, n_heads):
   for key in ['entropy', 'entropy_norm', 'js_layers'] + SPARSITY_KEYS:
     np.testing.assert_array_equal(one[key], 0., err_msg=key)
   np.testing.assert_array_equal(one['cosine_layers'], 1.)
+
+
+def test_padding_statistics_by_hand():
+  # One layer, two examples, one head, T = 3. Example 0 has tokens 0, 1 and a
+  # pad; example 1 has only token 0.
+  p0 = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])
+  p1 = np.array([[0.6, 0.2, 0.2], [1., 0., 0.], [0.25, 0.25, 0.5]])
+  probs = np.stack([p0, p1])[None, :, None].astype(np.float32)
+  mask = np.array([[True, True, False], [True, False, False]])
+  s = _stats(probs, mask)
+  # Mass on padded keys, mean over valid queries, then over examples.
+  mass = np.mean([(0.2 + 0.8) / 2, 0.2 + 0.2])
+  np.testing.assert_allclose(s['padding_mass'], [[mass]], rtol=1e-6)
+  # Over all 3 queries and 3 keys, as padding-blind code computes it.
+  def entropy(p):
+    p = p[p > 0]
+    return -np.sum(p * np.log(p))
+  ent = np.mean([np.mean([entropy(r) for r in p]) for p in (p0, p1)])
+  np.testing.assert_allclose(s['entropy_all_tokens'], [[ent]], rtol=1e-6)
+  # Below 0.1 / T = 1/30 of the 9 weights: 0 in example 0; 2 in example 1.
+  np.testing.assert_allclose(s['sparsity_all_tokens_rel_0.1'],
+                             [[np.mean([0, 2 / 9])]], rtol=1e-6)
+  # Below 1/T: 6 of 9 and 5 of 9 (the 0.25s, 0.2s, zeros).
+  below = [np.sum(p < 1 / 3 * (1 - 1e-5)) / 9 for p in (p0, p1)]
+  np.testing.assert_allclose(s['sparsity_all_tokens_rel_1'],
+                             [[np.mean(below)]], rtol=1e-6)
+  # Over valid keys only, renormalized, the masked statistics differ.
+  assert not np.allclose(s['entropy'], s['entropy_all_tokens'])
+
+
+def test_masked_model_maps_put_no_mass_on_padding():
+  rng = np.random.default_rng(7)
+  core = _random_maps(rng, (2, 1, 2), 3)
+  probs = np.zeros((2, 1, 2, 5, 5), np.float32)
+  probs[..., :3, :3] = core
+  probs[..., 3:, :3] = 1 / 3
+  mask = np.array([[True, True, True, False, False]])
+  s = _stats(probs, mask)
+  np.testing.assert_array_equal(s['padding_mass'], 0.)

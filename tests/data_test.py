@@ -261,3 +261,61 @@ def test_read_tfds_texts_under_mock_data(monkeypatch):
   assert len(texts) == len(labels) == 5
   assert all(isinstance(t, str) for t in texts)
   assert labels.dtype == np.int32 and set(labels) <= {0, 1}
+
+
+def test_word_tokenizer_ranks_words_and_is_deterministic():
+  texts = ['The film was great', 'the FILM was bad', 'a film , great .']
+  tokenizer = data.WordTokenizer.train(texts, 6)
+  # <pad>, <unk>, then by count (film 3; the, was, great 2), ties by word.
+  assert tokenizer.words == ['<pad>', '<unk>', 'film', 'great', 'the', 'was']
+  assert data.WordTokenizer.train(list(reversed(texts)), 6).words == (
+      tokenizer.words)
+  assert tokenizer.encode('The film was awful') == [4, 2, 5, data.UNK_ID]
+  assert tokenizer.encode(['great', '']) == [[3], []]
+  assert tokenizer.id_to_piece(data.PAD_ID) == '<pad>'
+
+
+def test_word_tokenizer_round_trips_lowercased_whitespace_words(tmp_path):
+  texts = _corpus(100)[0]
+  path = str(tmp_path / 'tokenizer' / 'words.txt')
+  trained = data.load_or_train_tokenizer(texts, 50, path, 100, 'words')
+  assert trained.get_piece_size() == 50
+  reloaded = data.load_or_train_tokenizer([], 50, path, 100, 'words')
+  assert reloaded.words == trained.words
+  known = ' '.join(trained.words[2:])
+  assert trained.decode(trained.encode(known.upper())) == known
+  unknown = 'zzz'
+  assert unknown not in trained.words
+  tokens = data.encode(trained, [f'{trained.words[2]} {unknown}', known], 4)
+  assert tokens.shape == (2, 4)
+  assert data.pieces(trained, tokens[0]) == [trained.words[2], '<unk>']
+  np.testing.assert_array_equal(tokens[1], trained.encode(known)[:4])
+  with pytest.raises(ValueError, match='config.data.vocab_size'):
+    data.load_or_train_tokenizer([], 60, path, 100, 'words')
+
+
+def test_word_vocabulary_larger_than_the_texts_is_refused_naming_fields():
+  with pytest.raises(ValueError, match=r'config.data.vocab_size=100 .* only '
+                     r'3 distinct words.*tokenizer_train_examples'):
+    data.WordTokenizer.train(['a b c', 'a b'], 100)
+
+
+def test_words_dataset_is_tokenized_by_words_and_kept_in_the_workdir(
+    tmp_path):
+  config = _config(tokenizer='words', vocab_size=40)
+  dataset = _load_text_dataset(config, str(tmp_path), _fake_read)
+  assert isinstance(dataset.tokenizer, data.WordTokenizer)
+  assert os.listdir(tmp_path / 'tokenizer') == ['words.txt']
+  assert data.load_tokenizer(str(tmp_path), config).words == (
+      dataset.tokenizer.words)
+  first = data.pieces(dataset.tokenizer, dataset.train.tokens[0])
+  text = _fake_read('', 'train', '', False)[0][0]
+  expected = [w if w in dataset.tokenizer.words else '<unk>'
+              for w in data.clean_text(text).lower().split()][:16]
+  assert first == expected
+
+
+def test_unknown_tokenizer_is_refused_naming_the_choices(tmp_path):
+  with pytest.raises(ValueError, match=r"config.data.tokenizer must be one of "
+                     r"\('sentencepiece', 'words'\), got 'bpe'"):
+    data.check_fields(_config(tokenizer='bpe'))

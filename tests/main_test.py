@@ -17,7 +17,7 @@ from jax_attnshare.posthoc import study
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 SIZES = ('', 'cpu', 'tiny')
-SIZE_ARG_NAMES = ('cpu', 'tiny', 'seeds')
+SIZE_ARG_NAMES = ('cpu', 'tiny', 'seeds', 'regime')
 
 
 def _documented(path: str) -> tuple[set[str], set[str]]:
@@ -45,6 +45,9 @@ def _cases():
     for variant in sorted(variants | {''}):
       for size in SIZES:
         yield path, ','.join(a for a in (size, variant) if a)
+    if 'regime' in names:
+      for size in SIZES:
+        yield path, ','.join(a for a in (size, 'regime=blog') if a)
     if 'seeds' in names:
       yield path, 'seeds=3'
 
@@ -138,3 +141,45 @@ def test_help_shows_the_config_args_and_overrides(tmp_path):
   for text in ('cpu', 'tiny', 'seeds=N', '--config.FIELD=VALUE',
                'variant=', 'configs.py'):
     assert text in result.stdout
+
+
+@pytest.mark.parametrize('size', SIZES)
+def test_regimes_resolve_to_their_fields(size):
+  clean = configs.load_config(
+      os.path.join(ROOT, 'configs', f'k_share.py:{size}'))
+  blog = configs.load_config(
+      os.path.join(ROOT, 'configs', f'k_share.py:{size},regime=blog'))
+  assert (clean.regime, blog.regime) == ('clean', 'blog')
+  assert clean.model.padding_mask and clean.model.pooling_mask
+  assert clean.model.init == 'flax'
+  assert clean.data.tokenizer == 'sentencepiece'
+  assert clean.data.seed_mode == 'shared'
+  assert not blog.model.padding_mask and not blog.model.pooling_mask
+  assert blog.model.init == 'pytorch' and blog.model.dropout_rate == 0
+  assert blog.model.pooling == 'mean'
+  assert (blog.opt.name, blog.opt.schedule, blog.opt.weight_decay,
+          blog.opt.clip_norm) == ('adam', 'constant', 0.0, 1.0)
+  assert blog.data.tokenizer == 'words'
+  assert blog.data.seed_mode == 'per_seed'
+  if not size:
+    assert (blog.model.num_layers, blog.model.width,
+            blog.model.num_heads) == (3, 128, 8)
+    assert blog.num_train_steps == 11_715  # 15 epochs of 25,000 at batch 32.
+    assert blog.opt.learning_rate == 1e-4
+    # Warm-up over 10,000 examples.
+    assert blog.opt.warmup_steps * blog.batch_size == pytest.approx(
+        10_000, abs=blog.batch_size)
+    assert (blog.data.vocab_size, blog.data.max_length) == (50_000, 32)
+  # The regime changes nothing else: same sharing, sizes, seeds and (but at
+  # `:cpu`, where a 32-token step is cheaper) loop.
+  same = ('num_seeds', 'batch_size', 'sharing') + (
+      () if size == 'cpu' else ('num_train_steps', 'eval_every_steps'))
+  assert all(clean[k] == blog[k] for k in same)
+  assert clean.model.width == blog.model.width
+
+
+def test_unknown_regime_is_refused_naming_the_choices():
+  with pytest.raises(ValueError, match=r"regime must be one of \('clean', "
+                     r"'blog'\), got 'pytorch'"):
+    configs.load_config(os.path.join(ROOT, 'configs', 'kv_share.py') +
+                        ':regime=pytorch')

@@ -149,11 +149,13 @@ def test_padding_changes_nothing_with_mask_and_matters_without():
     out = [model_lib.Classifier(cfg).apply({'params': params}, x)
            for x in (short, long)]
     np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
-  cfg = _cfg(padding_mask=False)
-  params = _init(cfg)
-  out = [model_lib.Classifier(cfg).apply({'params': params}, x)
-         for x in (short, long)]
-  assert not np.allclose(out[0], out[1])
+  # Either unmasked attention or unmasked pooling lets padding in.
+  for unmasked in ({'padding_mask': False}, {'pooling_mask': False}):
+    cfg = _cfg(**unmasked)
+    params = _init(cfg)
+    out = [model_lib.Classifier(cfg).apply({'params': params}, x)
+           for x in (short, long)]
+    assert not np.allclose(out[0], out[1]), unmasked
 
 
 def test_capture_does_not_change_outputs():
@@ -237,3 +239,34 @@ def test_small_default_embeddings_make_layer0_attention_uniform():
   # A LayerNorm on the embeddings gives layer 0 the unit-variance input that
   # later layers get from the previous block's post-LN.
   assert _layer0_entropy_norm_at_init(embedding_norm=True) < 0.95
+
+
+def test_pytorch_init_is_torch_linear_and_embedding_defaults():
+  """nn.Linear: kernel and bias U(+-1/sqrt(fan_in)); nn.Embedding: N(0, 1)."""
+  cfg = _cfg(init='pytorch', qkv_bias=True, vocab_size=256, max_length=256)
+  params = _init(cfg)
+  for table in (params['token_embed']['embedding'],
+                params['position_embed']['embedding']):
+    assert abs(float(table.std()) - 1) < 0.05
+  fan_ins = {('ffn', 'in'): D, ('ffn', 'out'): 2 * D,
+             ('attention', 'query'): D, ('attention', 'output'): D}
+  for (block, dense), fan_in in fan_ins.items():
+    layer = params['encoder']['layer_0'][block][dense]
+    for leaf in (layer['kernel'], layer['bias']):
+      bound = 1 / np.sqrt(fan_in)
+      assert float(jnp.abs(leaf).max()) <= bound
+      # Uniform on +-bound: the largest draw of many is near the bound.
+      assert float(jnp.abs(leaf).max()) > 0.8 * bound
+    # Uniform variance bound^2 / 3.
+    assert abs(float(layer['kernel'].std()) * np.sqrt(3 * fan_in) - 1) < 0.1
+  head = params['head']
+  assert float(jnp.abs(head['kernel']).max()) <= 1 / np.sqrt(D)
+  assert float(jnp.abs(head['bias']).max()) > 0  # Flax would give zeros.
+
+
+def test_invalid_init_raises_naming_the_field():
+  config = configs.classifier_config('kv', 'tiny')
+  config.model.init = 'torch'
+  with pytest.raises(ValueError, match=r"config\.model\.init must be one of "
+                     r"\('flax', 'pytorch'\), got 'torch'"):
+    model_lib.model_config(config, config.data.vocab_size, 0)

@@ -125,6 +125,10 @@ class FiguresTest(absltest.TestCase):
     self.assertEqual(figures.metric_label('sparsity_rel_1',
                                           {'rel_1': 'weight < 1/n'}),
                      'sparsity (weight < 1/n)')
+    self.assertEqual(
+        figures.metric_label('sparsity_all_tokens_rel_1',
+                             {'rel_1': 'weight < 1/n'}),
+        'sparsity over all tokens (weight < 1/n, n = T)')
 
 
 if __name__ == '__main__':

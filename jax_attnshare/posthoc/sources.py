@@ -18,7 +18,6 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import sentencepiece as spm
 
 from jax_attnshare import checkpoint
 from jax_attnshare import data
@@ -137,8 +136,7 @@ def from_workdir(workdir: str, replica: int,
   if not finished:
     logging.warning('Studying %s unfinished, at step %d of %d (%s).',
                     workdir, step, config.num_train_steps, why)
-  tokenizer = spm.SentencePieceProcessor(
-      model_file=os.path.join(workdir, 'tokenizer', 'spm.model'))
+  tokenizer = data.load_tokenizer(workdir, config.data)
   # The hash the run was written with; computed for an older config.json.
   config_hash = written.get('config_hash') or workdir_lib.config_hash(
       written['config'])

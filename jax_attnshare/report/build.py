@@ -1,10 +1,12 @@
 """CLI: statistics, figures and report.md for a folder of runs.
 
   python -m jax_attnshare.report --runs=DIR [--baseline=none] \\
-      --out=REPORT_DIR [--alpha=0.05]
+      --out=REPORT_DIR [--alpha=0.05] [--compare_runs=OTHER_DIR ...]
 
 DIR holds one workdir per sharing condition (DIR/none, DIR/kv, ...), each
-with summary.json (and config.json, attention_maps.npz). Writes report.md,
+with summary.json (and config.json, attention_maps.npz). Each OTHER_DIR is
+such a folder of another regime (or setup): its runs are analysed the same
+way, and the Claims section shows their verdicts beside DIR's. Writes report.md,
 summary_table.csv, per_layer.csv, anova.csv, tidy.csv and PNG figures into
 REPORT_DIR and prints the path of report.md. See runs.py for which runs are
 excluded and which problems are errors.
@@ -20,8 +22,9 @@ from absl import logging
 import pandas as pd
 
 from jax_attnshare import plotting
-from jax_attnshare.report import stats
+from jax_attnshare.report import claims as claims_lib
 from jax_attnshare.report import figures
+from jax_attnshare.report import stats
 from jax_attnshare.report import markdown
 from jax_attnshare.report import runs as runs_lib
 
@@ -100,13 +103,9 @@ def _figures(tidy: pd.DataFrame, final: pd.DataFrame,
   return out
 
 
-def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
-                 baseline: str = 'none', alpha: float = 0.05) -> pathlib.Path:
-  """Analyses runs_dir into out_dir; returns the path of report.md."""
-  runs_dir, out_dir = pathlib.Path(runs_dir), pathlib.Path(out_dir)
-  included, excluded = runs_lib.select(runs_lib.load_runs(runs_dir), baseline)
-  # Read before anything is written, so a damaged file leaves no half report.
-  maps, unreadable_maps = runs_lib.read_attention_maps(included)
+def _analyze(runs: Sequence[runs_lib.Run], baseline: str, alpha: float):
+  """(included, excluded, tidy, final, table, omni, dropped) of some runs."""
+  included, excluded = runs_lib.select(runs, baseline)
   conditions = [r.condition for r in included]
   tidy = stats.tidy_table({r.condition: r.summary for r in included})
   used = (tidy['source'] == 'final') & ~tidy['diverged']
@@ -114,6 +113,39 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
   dropped = nulls.groupby('condition').size().to_dict()
   final = tidy[used].dropna(subset='value')
   table, omni = stats.analyze(final, conditions, baseline, alpha)
+  return included, excluded, tidy, final, table, omni, dropped
+
+
+def _label(runs: Sequence[runs_lib.Run], runs_dir: pathlib.Path) -> str:
+  """The runs' regime if they share one, else the folder's path."""
+  regimes = {r.config.get('regime') for r in runs}
+  return regimes.pop() if len(regimes) == 1 and None not in regimes else str(
+      runs_dir)
+
+
+def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
+                 baseline: str = 'none', alpha: float = 0.05,
+                 compare_runs: Sequence[pathlib.Path] = ()) -> pathlib.Path:
+  """Analyses runs_dir into out_dir; returns the path of report.md.
+
+  compare_runs: folders of runs analysed alike for the Claims section only.
+  """
+  runs_dir, out_dir = pathlib.Path(runs_dir), pathlib.Path(out_dir)
+  runs = runs_lib.load_runs(runs_dir)
+  included, excluded, tidy, final, table, omni, dropped = _analyze(
+      runs, baseline, alpha)
+  claims = [(_label(included, runs_dir),
+             claims_lib.evaluate(table, omni, baseline, alpha))]
+  for other_dir in map(pathlib.Path, compare_runs):
+    other = _analyze(runs_lib.load_runs(other_dir), baseline, alpha)
+    label = _label(other[0], other_dir)
+    if label in [l for l, _ in claims]:
+      label = str(other_dir)
+    claims.append((label, claims_lib.evaluate(other[4], other[5], baseline,
+                                              alpha)))
+  # Read before anything is written, so a damaged file leaves no half report.
+  maps, unreadable_maps = runs_lib.read_attention_maps(included)
+  conditions = [r.condition for r in included]
   out_dir.mkdir(parents=True, exist_ok=True)
   tidy.to_csv(out_dir / 'tidy.csv', index=False)
   table[table['layer'].isna()].drop(columns='layer').to_csv(
@@ -132,7 +164,9 @@ def run_analysis(runs_dir: pathlib.Path, out_dir: pathlib.Path,
                         included=included, excluded=excluded, table=table,
                         omni=omni, final=final, figure_files=figure_files,
                         dropped=dropped, unreadable_maps=unreadable_maps,
-                        few_evaluations=few)
+                        few_evaluations=few, claims=claims)
+  pd.concat([frame.assign(runs=label) for label, frame in claims]).to_csv(
+      out_dir / 'claims.csv', index=False)
   logging.info('Wrote %s', path)
   return path
 
@@ -149,9 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='folder for report.md, CSVs and figures')
   parser.add_argument('--alpha', default=0.05, type=float,
                       help='significance level (tests and Holm correction)')
+  parser.add_argument('--compare_runs', action='append', default=[],
+                      type=pathlib.Path, metavar='OTHER_DIR',
+                      help='another folder of runs (e.g. the other regime) '
+                      'whose claim verdicts the report shows beside --runs\'; '
+                      'repeatable')
   args = parser.parse_args(argv)
   try:
-    path = run_analysis(args.runs, args.out, args.baseline, args.alpha)
+    path = run_analysis(args.runs, args.out, args.baseline, args.alpha,
+                        args.compare_runs)
   except runs_lib.RunsError as e:
     raise SystemExit(f'error: {e}') from e
   print(path)

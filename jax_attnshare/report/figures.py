@@ -24,11 +24,16 @@ _LABELS = {
     'entropy': 'attention entropy', 'entropy_norm': 'normalized entropy',
     'js_adjacent': 'JS divergence, adjacent layers',
     'js_adjacent_aligned': 'JS divergence, adjacent layers (best head)',
+    'entropy_all_tokens': 'attention entropy over all tokens',
+    'padding_mass': 'attention mass on padding',
 }
 
 
 def metric_label(metric: str, thresholds: Mapping[str, str]) -> str:
   """Readable name, e.g. 'sparsity (weight < 0.01)'."""
+  if metric.startswith('sparsity_all_tokens_'):
+    key = metric.removeprefix('sparsity_all_tokens_')
+    return f'sparsity over all tokens ({thresholds.get(key, key)}, n = T)'
   if metric.startswith('sparsity_'):
     key = metric.removeprefix('sparsity_')
     return f'sparsity ({thresholds.get(key, key)})'

@@ -8,8 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from jax_attnshare.report import stats
+from jax_attnshare.report import claims as claims_lib
 from jax_attnshare.report import figures
+from jax_attnshare.report import stats
 from jax_attnshare import workdir as workdir_lib
 from jax_attnshare.report import runs as runs_lib
 
@@ -262,6 +263,46 @@ def _findings(table: pd.DataFrame, omni: pd.DataFrame, baseline: str,
 
 # Mean normalized entropy above which a layer's attention counts as uniform:
 # at 128 keys every weight is then within about 10% of 1/n.
+def _claim_effect(r: pd.Series, direction: int) -> str:
+  if r['verdict'] == claims_lib.NOT_RUN:
+    return 'not run'
+  if direction == 0:
+    return f'range of means {_num(r["diff"], 3)}; {r["test"]} {_p(r["p"])}'
+  if not math.isfinite(r['d']):
+    return f'diff {_num(r["diff"], 3)}; d n/a'
+  return (f'diff {r["diff"]:+.3g}, d = {r["d"]:.2f} [{r["d_ci_low"]:.2f}, '
+          f'{r["d_ci_high"]:.2f}], {_p(r["p"], "p_holm")}')
+
+
+def claims_section(evaluated: Sequence[tuple[str, pd.DataFrame]],
+                   alpha: float) -> list[str]:
+  """The Claims section: one column pair per (label, claims.evaluate(...)).
+
+  Labels name the sets of runs side by side, e.g. their regimes.
+  """
+  header = ['claim', 'the blog (figures; statistics)']
+  for label, _ in evaluated:
+    header += [f'{label}: effect, d [95% CI]', f'{label}: verdict']
+  rows = []
+  for i, claim in enumerate(claims_lib.CLAIMS):
+    row = [claim.text, claim.blog]
+    for _, frame in evaluated:
+      r = frame.iloc[i]
+      verdict = r['verdict']
+      row += [_claim_effect(r, claim.direction),
+              f'**{verdict}**' if verdict == claims_lib.SUPPORTED
+              else verdict]
+    rows.append(row)
+  return [
+      "Each claim of the blog (methods sheet §1.1) against these runs: the "
+      "condition's difference from the baseline, Cohen's d with its 95% CI "
+      f"and Welch's p, Holm-corrected; **supported** when p_holm < {alpha} "
+      "in the blog's direction. For accuracy, **supported** means the "
+      "omnibus test finds no difference (read it with the power table). "
+      f"Entropy is over real tokens; sparsity is `{claims_lib.SPARSITY_METRIC}`"
+      " (the blog states no threshold).", '', *table(header, rows)]
+
+
 UNIFORM_ENTROPY = 0.999
 
 
@@ -302,12 +343,14 @@ def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
                  final: pd.DataFrame, figure_files: Sequence[tuple[str, str]],
                  dropped: Mapping[str, int],
                  unreadable_maps: Mapping[str, str],
-                 few_evaluations: Mapping[str, Sequence[int]]) -> None:
+                 few_evaluations: Mapping[str, Sequence[int]],
+                 claims: Sequence[tuple[str, pd.DataFrame]] = ()) -> None:
   """Writes the markdown report; figure_files are (caption, file name).
 
   unreadable_maps: {condition: why} of the included runs whose attention
   maps could not be read (no heatmap). few_evaluations: {condition:
-  evaluation steps} of the runs evaluated fewer than twice.
+  evaluation steps} of the runs evaluated fewer than twice. claims:
+  [(label, claims.evaluate(...))] for the Claims section, these runs first.
   """
   base = included[0].summary
   thresholds = base.get('sparsity_thresholds', {})
@@ -317,7 +360,9 @@ def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
   mode = base.get('seed_mode')
   mode_text = {
       'shared': 'every replica saw the same data order, so conditions are '
-                'paired on data order',
+                'paired on data order, and every comparison below is '
+                'conditional on that one data order: the spread over seeds '
+                'is initialisation only',
       'per_seed': 'each replica drew its own data order'}.get(mode, 'unknown')
   lines = [
       f'# Attention-sharing comparison: `{runs_dir}`', '',
@@ -342,6 +387,8 @@ def write_report(path: pathlib.Path, *, runs_dir: pathlib.Path,
       '## Findings', '',
       *_findings(table, omni, baseline, alpha, sharing, thresholds),
       *_uniform_layers(final, included), '',
+      *(['## Claims of the blog', '', *claims_section(claims, alpha), '']
+        if claims else []),
       '## Figures', '']
   for caption, name in figure_files:
     lines += [f'### {caption}', '', f'![{caption}]({name})', '']

@@ -34,10 +34,12 @@ _UNITS = {
     'test_accuracy': 'fraction correct', 'test_loss': 'nats',
     'train_loss': 'nats', 'entropy': 'nats', 'entropy_norm': 'fraction of ln n',
     'head_correlation': 'Pearson r', 'head_specialization': '1 - Pearson r',
+    'entropy_all_tokens': 'nats', 'padding_mass': 'fraction of attention',
 }
 _FAMILY_ORDER = ('test_accuracy', 'test_loss', 'entropy', 'entropy_norm',
                  'sparsity', 'head_correlation', 'head_specialization',
-                 'js_adjacent', 'js_adjacent_aligned')
+                 'js_adjacent', 'js_adjacent_aligned', 'padding_mass',
+                 'entropy_all_tokens')
 
 
 def unit(metric: str) -> str:
