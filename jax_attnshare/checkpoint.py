@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_attnshare import distributed
+
 UNRESTORABLE_SUFFIX = '.unrestorable'
 
 
@@ -64,6 +66,8 @@ class Checkpointer:
     """Renames the folder of `step`, which did not restore, out of the way.
 
     orbax refuses to save a step whose folder exists, even with force=True.
+    Process 0 renames it; every process of a multi-process run gets here
+    (their restores failed alike) and re-lists the folder after it.
     """
     # The reload below re-lists the folder: no save may be in flight.
     self.manager.wait_until_finished()
@@ -71,7 +75,8 @@ class Checkpointer:
     target, n = path + UNRESTORABLE_SUFFIX, 1
     while os.path.exists(target):
       target, n = f'{path}{UNRESTORABLE_SUFFIX}.{n}', n + 1
-    os.rename(path, target)
+    distributed.primary_only(f'renaming {path}',
+                             lambda: os.rename(path, target))
     self.manager.reload()
     self._unrestorable.discard(step)
     logging.warning('Renamed the checkpoint %s, which does not restore, to %s '

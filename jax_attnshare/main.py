@@ -17,6 +17,14 @@ and what they mean are in jax_attnshare/configs.py (classifier_config)
 and jax_attnshare/sharing.py (the sharing spec).
 
 The same command on the same workdir resumes from the latest checkpoint.
+
+Several processes (hosts) train one experiment together when each runs the
+same command with --coordinator_address=HOST:PORT (of process 0),
+--num_processes=N and its own --process_id=I, or with --distributed alone
+where JAX finds the cluster itself (Cloud TPU VM and pod slice, SLURM, Open
+MPI). The seeds are sharded over every process's devices; process 0 writes
+the workdir, which every host must mount at the same path (see README,
+"Scaling out").
 Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
@@ -42,6 +50,7 @@ import tensorflow as tf
 
 from jax_attnshare import configs
 from jax_attnshare import data
+from jax_attnshare import distributed
 from jax_attnshare import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,6 +67,24 @@ _LIBRARY_LOGS = flags.DEFINE_bool(
     'library_logs', False,
     'Also log the INFO lines of the libraries (orbax, tfds, jax); by default '
     'only their warnings and errors are shown.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Several processes: HOST:PORT where process 0 serves the others; with '
+    '--num_processes and --process_id.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Several processes: how many run this command.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Several processes: this one\'s index, 0 to '
+    '--num_processes - 1; 0 writes the workdir.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False,
+    'Several processes, found by JAX where it detects the cluster (Cloud TPU '
+    'VM or pod slice, SLURM, Open MPI); the three flags above override what '
+    'it detects.')
+_HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100,
+    'Several processes: when one has been silent this long, the others stop '
+    'the job.')
 flags.mark_flags_as_required(['config'])
 
 # Our package and CLU's logging writer (the metrics) log at INFO.
@@ -146,12 +173,27 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   config_name = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = _WORKDIR.value or default_workdir(config_name)
-  logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
-  try:
-    train.train_and_evaluate(_CONFIG.value, workdir, config_name=config_name)
-  except (train.ConfigError, data.DataMissingError) as e:
-    # Not a bug: say what to do, without a traceback.
-    _fail(str(e))
+  cluster = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+             _PROCESS_ID.value, _DISTRIBUTED.value)
+  problem = distributed.check_flags(*cluster)
+  if problem:
+    _fail(problem)
+  if _HEARTBEAT_TIMEOUT_S.value < 1:
+    _fail(f'--heartbeat_timeout_s must be >= 1, got '
+          f'{_HEARTBEAT_TIMEOUT_S.value}.')
+  try:  # Before anything asks JAX for its devices.
+    distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value)
+  except (RuntimeError, ValueError) as e:  # No cluster found, or no reply.
+    _fail(f'joining the other processes failed: {_one_line(e)}')
+  with distributed.ends_job_on_error():
+    logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
+    try:
+      train.train_and_evaluate(_CONFIG.value, workdir,
+                               config_name=config_name)
+    except (train.ConfigError, data.DataMissingError,
+            distributed.PrimaryFailedError) as e:
+      # Not a bug: say what to do, without a traceback.
+      _fail(str(e))
 
 
 if __name__ == '__main__':

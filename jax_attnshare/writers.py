@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from clu import metric_writers
 import numpy as np
@@ -48,24 +48,35 @@ _GROUP_TITLES = {'train': 'Train', 'test': 'Test',
 class SeedWriters:
   """One aggregate writer plus one writer per seed."""
 
-  def __init__(self, workdir: str, seeds: Sequence[int], first_step: int = 0):
-    """`first_step`: the step the run starts from, the restored one if any."""
+  def __init__(self, workdir: str, seeds: Sequence[int], first_step: int = 0,
+               write: bool = True):
+    """`first_step`: the step the run starts from, the restored one if any.
+
+    write=False (every process but 0 of a multi-process run): the same
+    calls, writing nothing.
+    """
     tb = os.path.join(workdir, 'tb')
     agg_dir = os.path.join(tb, 'agg')
-    # Past first_step, and at step 0 (the hparams) on a fresh start, this
-    # process writes again what an earlier one wrote before it stopped.
-    for run in ('agg', *(f'seed_{i:02d}' for i in range(len(seeds)))):
-      _mark_restart(os.path.join(tb, run), first_step + 1 if first_step else 0)
+    if write:
+      # Past first_step, and at step 0 (the hparams) on a fresh start, this
+      # process writes again what an earlier one wrote before it stopped.
+      for run in ('agg', *(f'seed_{i:02d}' for i in range(len(seeds)))):
+        _mark_restart(os.path.join(tb, run),
+                      first_step + 1 if first_step else 0)
     # On resume, the layout keeps charting what the earlier process wrote.
-    self._charted = dict.fromkeys(_charted_names(agg_dir))
+    self._charted = dict.fromkeys(_charted_names(agg_dir) if write else [])
     self._layout_written = False
-    self._agg_events = metric_writers.AsyncWriter(
-        metric_writers.SummaryWriter(agg_dir))
+
+    def writer(make: Callable[[], metric_writers.MetricWriter]):
+      """make()'s writer, asynchronous; unless `write`, one of nothing."""
+      return (metric_writers.AsyncWriter(make()) if write
+              else metric_writers.MultiWriter([]))
+
+    self._agg_events = writer(lambda: metric_writers.SummaryWriter(agg_dir))
     self.agg = metric_writers.MultiWriter([
-        metric_writers.AsyncWriter(metric_writers.LoggingWriter()),
-        self._agg_events])
+        writer(metric_writers.LoggingWriter), self._agg_events])
     self.per_seed = [
-        metric_writers.AsyncWriter(metric_writers.SummaryWriter(
+        writer(lambda i=i: metric_writers.SummaryWriter(
             os.path.join(tb, f'seed_{i:02d}')))
         for i in range(len(seeds))]
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One sharing condition at full size (15 seeds) on one NVIDIA GPU.
+# One sharing condition at full size (15 seeds) on one NVIDIA GPU, or on
+# every GPU of one node: one process shards the seeds over all the GPUs it
+# sees (15 seeds on 8 GPUs: 2 per GPU, 1 padding replica). Pick GPUs with
+# CUDA_VISIBLE_DEVICES. Several nodes: launch/slurm.sbatch.
 #   launch/gpu.sh [CONFIG] [WORKDIR]
 # Installs the CUDA build of jaxlib next to the CPU one the package pulls in.
-# With several GPUs the seed axis is sharded over them (num_seeds must be a
-# multiple of the device count, else the run stays on one device).
 set -euo pipefail
 config=${1:-configs/kv_share.py}
 workdir=${2:-runs/$(basename "$config" .py)}
