@@ -2,10 +2,19 @@
 # The blog's two experiments, one workdir per sharing condition.
 #
 #   experiments/blog.sh [exp1|exp2|all] [CONFIG_ARG] [OUT]
+#   experiments/blog.sh full [OUT]
 #   experiments/blog.sh all cpu runs/blog        # 2-core CPU size
 #   experiments/blog.sh exp1 '' runs/blog_full   # full size, for a GPU/TPU
 #
 #   experiments/blog.sh all 'cpu,regime=blog' runs/blog_cpu   # blog regime
+#   experiments/blog.sh full runs/blog_full   # both regimes, full size, GPU/TPU
+#
+# `full` runs both regimes x the 8 conditions at full size into
+# OUT/clean/... and OUT/blog/..., after printing the expected training time
+# measured by experiments/seed_throughput.py on this machine; compare the
+# regimes' claims with
+#   python -m jax_attnshare.report --runs OUT/blog/exp2 \
+#       --compare_runs OUT/clean/exp2 --out OUT/exp2_report
 #
 # Experiment 1 compares none, kv, kq, qv, kqv; experiment 2 none, k, q, v, kqv.
 # Each condition trains once into OUT/<condition> (rerunning resumes or skips
@@ -15,9 +24,21 @@
 # Each replica draws its own data order (seed_mode=per_seed), so conclusions
 # generalise over data order; SEED_MODE=shared pairs the conditions on one
 # data order instead (the report then says its comparisons are conditional
-# on it).
+# on it). DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
+run() { if [ -n "${DRY_RUN:-}" ]; then echo "$*"; else "$@"; fi; }
 which=${1:-all}
+if [ "$which" = full ]; then
+  out=${2:-runs/blog_full}
+  for regime in clean blog; do
+    run python experiments/seed_throughput.py \
+      --config="configs/no_share.py:regime=$regime" --estimate_runs=8
+  done
+  for regime in clean blog; do
+    "$0" all "regime=$regime" "$out/$regime"
+  done
+  exit
+fi
 arg=${2:-cpu}
 out=${3:-runs/blog}
 seed_mode=${SEED_MODE:-per_seed}
@@ -31,18 +52,19 @@ case "$which" in
   exp1) experiments=(exp1) ;;
   exp2) experiments=(exp2) ;;
   all) experiments=(exp1 exp2) ;;
-  *) echo "usage: $0 [exp1|exp2|all] [CONFIG_ARG] [OUT]" >&2; exit 2 ;;
+  *) echo "usage: $0 [exp1|exp2|all] [CONFIG_ARG] [OUT] | full [OUT]" >&2
+     exit 2 ;;
 esac
 
 suffix=${arg:+:$arg}
 for experiment in "${experiments[@]}"; do
   declare -n conditions=$experiment
-  mkdir -p "$out/$experiment"
+  run mkdir -p "$out/$experiment"
   for condition in "${conditions[@]}"; do
-    python -m jax_attnshare.main \
+    run python -m jax_attnshare.main \
       --config="configs/${config[$condition]}.py$suffix" \
       --workdir="$out/$condition" --config.data.seed_mode="$seed_mode"
-    ln -sfn "../$condition" "$out/$experiment/$condition"
+    run ln -sfn "../$condition" "$out/$experiment/$condition"
   done
   echo "Analyse with: python -m jax_attnshare.report --runs $out/$experiment --out $out/${experiment}_report"
 done

@@ -1,18 +1,33 @@
-"""Seed throughput: S seeds in one vmapped step versus one after another.
+"""Seed throughput: S seeds in one step, by precision and attention path.
 
   python experiments/seed_throughput.py [--config=configs/kv_share.py:cpu]
-      [--seeds=1,5,15] [--steps=10]
+      [--config.FIELD=VALUE ...] [--seeds=1,5,15] [--steps=10]
+      [--variants=float32/explicit,float32/fused,bfloat16/auto,...]
+  python experiments/seed_throughput.py --whole_run [--config=...]
+  python experiments/seed_throughput.py --estimate_runs=N [--config=...]
 
 Trains on random full-length token batches (no data needed) with the model,
-optimizer and batch size of the config. For each S it times one jitted
-S-seed step with all seeds vmapped at once, the same step in the config's
-chunks of seeds (config.seed_chunk, see steps_lib.over_seeds; the step that main
-runs), and the same S seeds stepped one after another with the same jitted
-code (the step at S=1), each after a compile-and-warm-up step. It also
+optimizer and batch size of the config (fields overridden as for main). For
+each S and each variant (compute dtype / attention path, see
+config.model.dtype and config.model.attention) it times the step that main
+runs (SeedSteps.train_steps: the config's seed chunks and steps_per_call,
+batches gathered on the device), the same with all seeds vmapped at once,
+and the same S seeds stepped one after another with the same jitted code
+(the step at S=1), each after two warm-up calls (the first compiles; a
+second would compile again if the state's sharding changed). It also
 measures the machine's float32 matmul peak with the same JAX (the best of
-before and after the steps), and the
-ceiling of the step's matmuls alone at the model's shapes, so the step's
-efficiency is a ratio of measurements. Prints a table and one JSON line.
+before and after the steps), and the ceiling of the step's float32 matmuls
+alone at the model's shapes, so the step's efficiency is a ratio of
+measurements. Prints a table and one JSON line.
+
+--whole_run times one condition the way main runs it, without writers,
+checkpoints or data reading: config.num_train_steps steps in main's calls,
+every evaluation on a random test split of main's size, and the attention
+statistics and heatmap maps at each; it prints where the time went.
+
+--estimate_runs=N times the config's own step (its dtype, attention path and
+seeds) and prints the training time of N runs of it, which
+experiments/blog.sh prints before a full-size grid.
 """
 
 import json
@@ -22,18 +37,37 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 
-from jax_attnshare import configs
 from jax_attnshare import cost
+from jax_attnshare import data
 from jax_attnshare import model as model_lib
 from jax_attnshare import steps as steps_lib
+from jax_attnshare import train
 
-_CONFIG = flags.DEFINE_string('config', 'configs/kv_share.py:cpu',
-                              'Config file and arg, as for main.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/kv_share.py:cpu',
+    'Config file and arg, as for main; fields overridable with '
+    '--config.FIELD=VALUE.')
 _SEEDS = flags.DEFINE_list('seeds', ['1', '5', '15'], 'Seed counts S.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement '
+                              '(rounded up to whole calls).')
 _MATMUL = flags.DEFINE_integer('matmul_size', 2048, 'n of the n x n matmul.')
+_VARIANTS = flags.DEFINE_list(
+    'variants', ['float32/explicit', 'float32/fused', 'bfloat16/explicit',
+                 'bfloat16/fused'],
+    'dtype/attention pairs to compare (config.model.dtype / '
+    'config.model.attention).')
+_ESTIMATE_RUNS = flags.DEFINE_integer(
+    'estimate_runs', 0, 'Time the config\'s own step and print the training '
+    'time of this many runs of the config.')
+_WHOLE_RUN = flags.DEFINE_bool(
+    'whole_run', False, 'Time the main-job equivalent of the config (train, '
+    'evaluations, statistics) instead of the step table.')
+
+# Reviews in each random split when the config takes all of IMDB's.
+IMDB_SPLIT = 25_000
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:
@@ -91,55 +125,86 @@ def model_matmul_flops(mcfg, num_seeds: int, batch_size: int, length: int,
       grad, weights, x_BTD, r_BTD, repeats=repeats)
 
 
-def _time_steps(run_one_step, num_steps: int) -> float:
-  run_one_step()  # Compile and warm up.
+def _time_calls(run_one_call, num_calls: int) -> float:
+  # Two warm-up calls: the first compiles, and a second would compile again
+  # if the state's sharding after a call differed from init's.
+  run_one_call()
+  run_one_call()
   start = time.perf_counter()
-  for _ in range(num_steps):
-    run_one_step()
+  for _ in range(num_calls):
+    run_one_call()
   return time.perf_counter() - start
 
 
-def measure(config, num_seeds: int, num_steps: int) -> dict:
-  """Examples/s of S seeds: all vmapped, in the config's chunks, in turn."""
-  mcfg = model_lib.model_config(config, config.data.vocab_size, 0)
+def variant_config(config, variant: str):
+  """The config with variant 'dtype/attention' applied."""
+  dtype, _, attention = variant.partition('/')
+  out = config.copy_and_resolve_references()
+  out.model.update(dtype=dtype, attention=attention)
+  return out
+
+
+def attention_path(mcfg) -> str:
+  """What the step's attention runs: 'explicit', 'fused (xla)', 'auto: ...'."""
+  implementation = model_lib.fused_implementation(mcfg)
+  if mcfg.attention == 'fused':
+    return f'fused ({implementation})'
+  if mcfg.attention == 'auto':
+    return ('auto: fused (cudnn)' if implementation == 'cudnn'
+            else 'auto: explicit')
+  return 'explicit'
+
+
+def _random_split(rng, n: int, vocab_size: int, length: int) -> data.Split:
+  """Full-length random reviews: the most attention work per example."""
+  return data.Split(rng.integers(1, vocab_size, (n, length), dtype=np.int32),
+                    rng.integers(0, 2, (n,), dtype=np.int32))
+
+
+def _setup(config, num_seeds: int, seed_chunk: int, steps_per_call: int):
+  """SeedSteps, model config and a train call's arguments for the config."""
+  mcfg = train.check_config(config)
   model = model_lib.make_model(mcfg)
   optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
+  steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
+                              num_seeds, False, seed_chunk, steps_per_call)
+  return mcfg, steps
+
+
+def measure(config, num_seeds: int, num_steps: int) -> dict:
+  """Examples/s of S seeds: the config's step, all vmapped, in turn."""
   length, batch_size = config.data.max_length, config.batch_size
-  rng = np.random.default_rng(0)
-  batch = {'tokens': rng.integers(1, mcfg.vocab_size, (batch_size, length),
-                                  dtype=np.int32),
-           'labels': rng.integers(0, 2, (batch_size,), dtype=np.int32)}
-  seeds = list(range(num_seeds))
-  examples = num_seeds * batch_size * num_steps
+  calls = -(-num_steps // config.steps_per_call)
+  split = _random_split(np.random.default_rng(0), 4 * batch_size,
+                        config.data.vocab_size, length)
+  rows = np.stack([np.arange(batch_size)] * config.steps_per_call)
 
-  def seed_step(chunk: int) -> float:
-    steps = steps_lib.SeedSteps(model, optimizer, length, num_seeds, False, chunk)
-    state = [steps.init(steps_lib.seed_keys(seeds))]
-    device_batch = steps.put_batch(batch)
+  def seconds(seeds: int, chunk: int, replicas: int = 1) -> float:
+    """Seconds for `calls` calls of `replicas` S-seed states in turn."""
+    mcfg, steps = _setup(config, seeds, chunk, config.steps_per_call)
+    states = [steps.init(steps_lib.seed_keys(range(r * seeds, (r + 1) * seeds)))
+              for r in range(replicas)]
+    resident, device_rows = steps.put_split(split), steps.put_rows(rows)
 
-    def one_step():
-      state[0], m = steps.train(state[0], device_batch)
-      m['loss'].block_until_ready()
+    def one_call():
+      for i, state in enumerate(states):
+        states[i], window = steps.train_steps(
+            state, steps.zero_window(), resident, device_rows,
+            config.steps_per_call)
+      window['loss'].block_until_ready()
 
-    return examples / _time_steps(one_step, num_steps)
+    return mcfg, _time_calls(one_call, calls)
 
-  one = steps_lib.SeedSteps(model, optimizer, length, 1, False)
-  states = [one.init(steps_lib.seed_keys([s])) for s in seeds]
-  device_batch = one.put_batch(batch)
-
-  def sequential():
-    for i, s in enumerate(states):
-      states[i], m = one.train(s, device_batch)
-    m['loss'].block_until_ready()
-
+  examples = num_seeds * batch_size * calls * config.steps_per_call
   chunk = config.seed_chunk
-  row = {'seeds': num_seeds, 'seed_chunk': chunk,
-         'vmap_examples_per_s': seed_step(0),
-         'sequential_examples_per_s': examples / _time_steps(sequential,
-                                                             num_steps)}
-  # The step main runs: all seeds vmapped, or the config's chunks of them.
-  row['step_examples_per_s'] = (seed_step(chunk) if chunk
-                                else row['vmap_examples_per_s'])
+  mcfg, step_s = seconds(num_seeds, chunk)
+  row = {'seeds': num_seeds, 'seed_chunk': chunk, 'dtype': mcfg.dtype,
+         'attention': attention_path(mcfg),
+         'steps_per_call': config.steps_per_call,
+         'step_examples_per_s': examples / step_s,
+         'vmap_examples_per_s': (examples / seconds(num_seeds, 0)[1] if chunk
+                                 else examples / step_s),
+         'sequential_examples_per_s': examples / seconds(1, 0, num_seeds)[1]}
   flops = cost.train_flops_per_example(mcfg, length)
   row.update(flops_per_example=flops,
              speedup=(row['step_examples_per_s']
@@ -148,11 +213,116 @@ def measure(config, num_seeds: int, num_steps: int) -> dict:
   return row
 
 
+def whole_run(config) -> dict:
+  """Seconds of main's work for the config: train, evaluations, statistics."""
+  rng = np.random.default_rng(0)
+  length = config.data.max_length
+  train_split = _random_split(rng, config.data.train_examples or IMDB_SPLIT,
+                              config.data.vocab_size, length)
+  test_split = _random_split(rng, config.data.test_examples or IMDB_SPLIT,
+                             config.data.vocab_size, length)
+  mcfg, steps = _setup(config, config.num_seeds, config.seed_chunk,
+                       config.steps_per_call)
+  batches = data.TrainBatches(train_split, config.batch_size,
+                              config.data.data_seed)
+  phase_s = dict.fromkeys(('setup', 'train', 'eval', 'attention_stats'), 0.0)
+  start = time.perf_counter()
+  state = steps.init(steps_lib.seed_keys(range(config.num_seeds)))
+  resident = steps.put_split(train_split)
+  test = steps.put_eval_split(test_split, config.eval_batch_size)
+  window, step = steps.zero_window(), 0
+  jax.block_until_ready((state, resident, test))
+  phase_s['setup'] = time.perf_counter() - start
+  while step < config.num_train_steps:
+    start = time.perf_counter()
+    end = min(step + config.steps_per_call, train.window_end(config, step))
+    rows = steps.put_rows(np.stack([batches.rows(s)
+                                    for s in range(step, end)]))
+    state, window = steps.train_steps(state, window, resident, rows,
+                                      end - step)
+    step = end
+    evaluates = train.evaluates_at(config, step)
+    if step % config.log_every_steps == 0 or evaluates or (
+        step % config.ckpt_every_steps == 0):
+      jax.device_get(window)  # main reads the window's metrics here
+      window = steps.zero_window()
+    phase_s['train'] += time.perf_counter() - start
+    if evaluates:
+      start = time.perf_counter()
+      steps_lib.evaluate(steps, state.params, test)
+      phase_s['eval'] += time.perf_counter() - start
+      start = time.perf_counter()
+      steps_lib.attention_statistics(
+          steps, state.params, test_split.tokens[:config.stats_examples],
+          config.stats_batch_size)
+      jax.device_get(steps.maps(state.params, steps.put_shared(
+          test_split.tokens[config.heatmap_example][None])))
+      phase_s['attention_stats'] += time.perf_counter() - start
+  total = sum(phase_s.values())
+  return {'dtype': mcfg.dtype, 'attention': attention_path(mcfg),
+          'num_seeds': config.num_seeds,
+          'num_train_steps': config.num_train_steps,
+          'steps_per_call': config.steps_per_call,
+          'evaluations': len(train.evaluation_steps(config)),
+          'test_examples': len(test_split), 'wall_s': total,
+          'phase_s': phase_s,
+          'train_examples_per_s': (config.num_train_steps * config.batch_size
+                                   * config.num_seeds / phase_s['train']),
+          'eval_and_stats_fraction': (phase_s['eval']
+                                      + phase_s['attention_stats']) / total}
+
+
+def _config_name() -> str:
+  return config_flags.get_config_filename(flags.FLAGS['config'])
+
+
+def _print_whole_run(result: dict) -> None:
+  p = result['phase_s']
+  print(f'config {_config_name()}; device '
+        f'{jax.devices()[0].device_kind}; {result["dtype"]}, attention '
+        f'{result["attention"]}; {result["num_seeds"]} seeds x '
+        f'{result["num_train_steps"]} steps ({result["steps_per_call"]} per '
+        f'call), {result["evaluations"]} evaluations on '
+        f'{result["test_examples"]} random test reviews; no writers, '
+        'checkpoints or data reading')
+  print('| wall s | setup s | train s | eval s | statistics s | train ex/s | '
+        'eval + statistics |')
+  print('|---:|---:|---:|---:|---:|---:|---:|')
+  print(f'| {result["wall_s"]:.1f} | {p["setup"]:.1f} | {p["train"]:.1f} | '
+        f'{p["eval"]:.1f} | {p["attention_stats"]:.1f} | '
+        f'{result["train_examples_per_s"]:.0f} | '
+        f'{100 * result["eval_and_stats_fraction"]:.0f}% |')
+  print(json.dumps(result))
+
+
+def _print_estimate(config, num_runs: int) -> None:
+  """Training time of num_runs runs of the config, from its measured step."""
+  row = measure(config, config.num_seeds, _STEPS.value)
+  examples = config.num_train_steps * config.batch_size * config.num_seeds
+  train_s = examples / row['step_examples_per_s']
+  print(f'config {_config_name()}; device {jax.devices()[0].device_kind}; '
+        f'{row["dtype"]}, {row["attention"]}, {config.num_seeds} seeds: '
+        f'{row["step_examples_per_s"]:.0f} examples/s')
+  print(f'Expected: {num_runs} runs x {config.num_train_steps} steps = '
+        f'{num_runs * train_s / 60:.1f} min of training '
+        f'({train_s / 60:.1f} min per run); evaluations and statistics come '
+        'on top (--whole_run times them for one run).')
+  print(json.dumps({'config': _config_name(), 'runs': num_runs,
+                    'train_s_per_run': train_s, **row}))
+
+
 def main(argv):
   del argv
-  config = configs.load_config(_CONFIG.value)
+  config = _CONFIG.value
+  if _WHOLE_RUN.value:
+    _print_whole_run(whole_run(config))
+    return
+  if _ESTIMATE_RUNS.value:
+    _print_estimate(config, _ESTIMATE_RUNS.value)
+    return
   peak = matmul_peak_flops(_MATMUL.value)
-  rows = [measure(config, int(s), _STEPS.value) for s in _SEEDS.value]
+  rows = [measure(variant_config(config, v), int(s), _STEPS.value)
+          for s in _SEEDS.value for v in _VARIANTS.value]
   # A shared machine's speed drifts: the best peak of before and after, so
   # the step's fraction of it is never flattered.
   peak = max(peak, matmul_peak_flops(_MATMUL.value))
@@ -163,25 +333,26 @@ def main(argv):
       model_lib.model_config(config, config.data.vocab_size, 0), together,
       config.batch_size, config.data.max_length)
   step = f'chunks of {chunk}' if chunk else 'all vmapped'
-  print(f'config {_CONFIG.value}; device {jax.devices()[0].device_kind}; '
+  print(f'config {_config_name()}; device {jax.devices()[0].device_kind}; '
         f'float32 matmul peak {peak / 1e9:.1f} GFLOP/s '
         f'({_MATMUL.value}x{_MATMUL.value}); '
         f'{rows[0]["flops_per_example"] / 1e6:.1f} MFLOP per training '
-        f'example; the config\'s step: {step} (config.seed_chunk={chunk})')
-  print(f'matmul ceiling: one layer\'s matmuls alone at the model\'s shapes, '
-        f'{together} seed(s) vmapped: {ceiling / 1e9:.1f} GFLOP/s = '
+        f'example; the config\'s step: {step} (config.seed_chunk={chunk}), '
+        f'{config.steps_per_call} steps per call')
+  print(f'matmul ceiling: one layer\'s float32 matmuls alone at the model\'s '
+        f'shapes, {together} seed(s) vmapped: {ceiling / 1e9:.1f} GFLOP/s = '
         f'{100 * ceiling / peak:.0f}% of peak, the most the step could reach '
         'if nothing else cost time')
-  print(f'| seeds | all vmapped ex/s | step ({step}) ex/s | sequential ex/s | '
-        'step vs sequential | step GFLOP/s | of peak |')
-  print('|---:|---:|---:|---:|---:|---:|---:|')
+  print(f'| seeds | dtype | attention | step ({step}) ex/s | all vmapped ex/s '
+        '| sequential ex/s | step vs sequential | step GFLOP/s | of peak |')
+  print('|---:|---|---|---:|---:|---:|---:|---:|---:|')
   for r in rows:
-    print(f'| {r["seeds"]} | {r["vmap_examples_per_s"]:.0f} | '
-          f'{r["step_examples_per_s"]:.0f} | '
+    print(f'| {r["seeds"]} | {r["dtype"]} | {r["attention"]} | '
+          f'{r["step_examples_per_s"]:.0f} | {r["vmap_examples_per_s"]:.0f} | '
           f'{r["sequential_examples_per_s"]:.0f} | {r["speedup"]:.2f}x | '
           f'{r["step_flops_per_s"] / 1e9:.1f} | '
           f'{100 * r["step_flops_per_s"] / peak:.0f}% |')
-  print(json.dumps({'config': _CONFIG.value,
+  print(json.dumps({'config': _config_name(),
                     'device': jax.devices()[0].device_kind,
                     'matmul_peak_flops_per_s': peak,
                     'matmul_ceiling_flops_per_s': ceiling, 'rows': rows}))

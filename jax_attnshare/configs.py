@@ -93,6 +93,7 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
   c.seed_chunk = 0
   # Training steps per host call (one jax.lax.scan); a call never crosses a
   # logging, evaluation or checkpoint step. Results do not depend on it.
+  c.steps_per_call = 100
   # Examples per replica per step.
   c.batch_size = 32
   # 15 epochs of the 25,000 training reviews, as in the blog's figures.
@@ -125,7 +126,16 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
       # 0 = the init's default: for 'flax' std 1/sqrt(E), under which layer
       # 0's input is so small that its attention stays uniform (README);
       # for 'pytorch' 1.0, nn.Embedding's.
-      embedding_init_std=0.0))
+      embedding_init_std=0.0,
+      # Compute dtype, 'float32' or 'bfloat16': parameters and optimizer
+      # state stay float32; softmax, layer norms, losses and attention
+      # statistics are float32 either way.
+      dtype='bfloat16',
+      # In every layer whose map no step reads: 'auto' = cuDNN's fused
+      # attention where it applies (an NVIDIA GPU in bfloat16), else the
+      # explicit softmax; 'fused' = jax.nn.dot_product_attention everywhere
+      # (XLA's off a GPU); 'explicit' = the softmax map in every layer.
+      attention='auto'))
   # Read by sharing.from_config; see sharing.SharingSpec for each field.
   c.sharing = ml_collections.ConfigDict(dict(
       components=BLOG_CONDITIONS.get(condition, condition), group_size=0,
@@ -182,6 +192,7 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
     c.num_seeds = 5
     c.seed_chunk = 1
     # A CPU has no fast bfloat16.
+    c.model.dtype = 'float32'
     c.model.update(width=64, num_heads=2, dropout_rate=0.0)
     c.data.update(test_examples=5000)
     c.num_train_steps = 400
@@ -206,7 +217,9 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
     # under the 112 pieces the tests' reviews can give.
     c.num_seeds = 2
     c.batch_size = 4
+    c.model.dtype = 'float32'
     # Calls of 2 and 1 steps between the logging steps every 3.
+    c.steps_per_call = 2
     c.model.update(width=16, num_layers=2, num_heads=2)
     c.data.update(vocab_size=100, max_length=16, train_examples=0,
                   test_examples=0, tokenizer_train_examples=1000)

@@ -40,6 +40,8 @@ ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu,
 POOLINGS = ('mean', 'max')
 INITS = ('flax', 'pytorch')
 TASKS = ('classify', 'lm')
+DTYPES = ('float32', 'bfloat16')
+ATTENTION_PATHS = ('auto', 'fused', 'explicit')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +80,37 @@ class ModelConfig:
   embedding_init_std: float = 0.0
   # A decoder: each token attends to itself and earlier tokens only.
   causal: bool = False
+  # Compute dtype of the matmuls; parameters stay float32, and softmax, layer
+  # norms and the logits handed to losses and statistics are float32.
+  dtype: str = 'float32'
+  # In every layer whose map no one needs in this call: 'fused' computes
+  # attention with jax.nn.dot_product_attention (fused_attention), 'auto'
+  # only where that is cuDNN's fused kernel (fused_implementation; elsewhere
+  # it is the explicit computation, and measured slower on a CPU);
+  # 'explicit' always materialises the softmax map.
+  attention: str = 'auto'
 
   @property
   def head_width(self) -> int:
     return self.width // self.num_heads
 
   @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
   def factorized(self) -> bool:
     return self.embedding_width not in (0, self.width)
+
+
+def _one_of(m: Any, field: str, choices: tuple[str, ...], default: str,
+            meaning: str = '') -> str:
+  """config.model.<field> (default if absent), refused unless in choices."""
+  value = m.get(field, default)
+  if value not in choices:
+    raise ValueError(f'config.model.{field} must be one of {choices}'
+                     f'{meaning}, got {value!r}.')
+  return value
 
 
 def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
@@ -111,15 +136,14 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   if embedding_width < 0:
     raise ValueError(f'config.model.embedding_width must be >= 0 (0 = '
                      f'config.model.width), got {embedding_width}.')
-  init = m.get('init', 'flax')
-  if init not in INITS:
-    raise ValueError(f'config.model.init must be one of {INITS}, got '
-                     f'{init!r}.')
+  init = _one_of(m, 'init', INITS, 'flax')
   embedding_init_std = m.get('embedding_init_std', 0.0)
   if not (math.isfinite(embedding_init_std) and embedding_init_std >= 0):
     raise ValueError(f'config.model.embedding_init_std must be a finite number '
                      f'>= 0 (0 = Flax\'s default, 1/sqrt(embedding width)), '
                      f'got {embedding_init_std}.')
+  dtype = _one_of(m, 'dtype', DTYPES, 'float32', ' (the compute dtype)')
+  attention = _one_of(m, 'attention', ATTENTION_PATHS, 'auto')
   spec = sharing.from_config(config.sharing, m.num_layers, m.num_heads)
   return ModelConfig(
       vocab_size=vocab_size, max_length=config.data.max_length, sharing=spec,
@@ -131,7 +155,8 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
       activation=m.activation, layer_norm_eps=m.layer_norm_eps,
       embedding_norm=m.embedding_norm, pad_id=pad_id,
       embedding_width=embedding_width, init=init,
-      embedding_init_std=float(embedding_init_std), causal=task == 'lm')
+      embedding_init_std=float(embedding_init_std), causal=task == 'lm',
+      dtype=dtype, attention=attention)
 
 
 def stored_heads(cfg: ModelConfig, projection: str,
@@ -165,9 +190,9 @@ class FeedForward(nn.Module):
   def __call__(self, x_BTD):
     cfg = self.config
     h_BTF = ACTIVATIONS[cfg.activation](
-        nn.Dense(cfg.ffn_width, name='in', **dense_init(cfg, cfg.width))(
-            x_BTD))
-    return nn.Dense(cfg.width, name='out',
+        nn.Dense(cfg.ffn_width, name='in', dtype=cfg.compute_dtype,
+                 **dense_init(cfg, cfg.width))(x_BTD))
+    return nn.Dense(cfg.width, name='out', dtype=cfg.compute_dtype,
                     **dense_init(cfg, cfg.ffn_width))(h_BTF)
 
 
@@ -196,10 +221,12 @@ class SharedWeightQKV(nn.Module):
     cfg = self.config
     shape = (cfg.num_heads, cfg.head_width)
     s_BTHK = nn.DenseGeneral(shape, use_bias=cfg.qkv_bias, name='shared',
+                             dtype=cfg.compute_dtype,
                              **dense_init(cfg, cfg.width))(x_BTD)
     diagonals = [self.param(f'{c}_scale', nn.initializers.ones, shape)
                  for c in ('query', 'key', 'value')]
-    return tuple(s_BTHK * d_HK[None, None] for d_HK in diagonals)
+    return tuple(s_BTHK * d_HK[None, None].astype(cfg.compute_dtype)
+                 for d_HK in diagonals)
 
 
 def make_component(cfg: ModelConfig, part: str, name: str,
@@ -217,10 +244,11 @@ def make_component(cfg: ModelConfig, part: str, name: str,
   empty = {} if heads else {'kernel_init': nn.initializers.zeros}
   if part == 'output':
     return nn.DenseGeneral(
-        cfg.width, axis=(-2, -1), name=name,
+        cfg.width, axis=(-2, -1), name=name, dtype=cfg.compute_dtype,
         **{**dense_init(cfg, max(heads, 1) * cfg.head_width), **empty})
   return nn.DenseGeneral((heads, cfg.head_width), use_bias=cfg.qkv_bias,
-                         name=name, **{**dense_init(cfg, cfg.width), **empty})
+                         name=name, dtype=cfg.compute_dtype,
+                         **{**dense_init(cfg, cfg.width), **empty})
 
 
 def _expand(t_BTMK, index):
@@ -272,6 +300,8 @@ class SelfAttention(nn.Module):
       k_BTMK, v_BTMK = carry.kv
     elif k_BTMK is not None:
       carry = carry._replace(kv=(k_BTMK, v_BTMK))
+    dtype = cfg.compute_dtype
+    v_BTHK = _expand(v_BTMK, spec.head_index('value')).astype(dtype)
     if spec.reuses_map(self.layer):
       if posthoc.has_lisa:
         logits_BHTT, probs_BHTT = lisa.Substitute(
@@ -280,26 +310,38 @@ class SelfAttention(nn.Module):
         carry = carry._replace(logits=logits_BHTT, probs=probs_BHTT)
       probs_BHTT = carry.probs
     else:
-      q_BTHK = _expand(q_BTMK, spec.head_index('query'))
-      k_BTHK = _expand(k_BTMK, spec.head_index('key'))
-      logits_BHTT = jnp.einsum('bqhk,bthk->bhqt', q_BTHK, k_BTHK)
-      logits_BHTT = logits_BHTT / jnp.sqrt(cfg.head_width).astype(x_BTD.dtype)
-      # Unmasked, for LISA layers after it.
-      carry = carry._replace(logits=logits_BHTT)
-      if mask_B1TT is not None:
-        logits_BHTT = jnp.where(mask_B1TT, logits_BHTT,
-                                jnp.finfo(logits_BHTT.dtype).min)
-      probs_BHTT = jax.nn.softmax(logits_BHTT, axis=-1)
-      carry = carry._replace(probs=probs_BHTT)
-    # Sown only when the caller makes the collection mutable, so the training
-    # step pays nothing for it. SA layers sow the map they reuse.
-    self.sow(ATTENTION_COLLECTION, 'attention_probs', probs_BHTT)
-    v_BTHK = _expand(v_BTMK, spec.head_index('value'))
-    out_BTHK = jnp.einsum('bhqt,bthk->bqhk', probs_BHTT, v_BTHK)
+      q_BTHK = _expand(q_BTMK, spec.head_index('query')).astype(dtype)
+      k_BTHK = _expand(k_BTMK, spec.head_index('key')).astype(dtype)
+      if self._fused():
+        out_BTHK = fused_attention(cfg, q_BTHK, k_BTHK, v_BTHK, mask_B1TT)
+        # No later layer reads this layer's map: a stale one must not leak.
+        carry = carry._replace(logits=None, probs=None)
+        probs_BHTT = None
+      else:
+        # Float32 logits (accumulated so from bfloat16 products), softmax
+        # and map, whatever the compute dtype.
+        logits_BHTT = jnp.einsum('bqhk,bthk->bhqt', q_BTHK, k_BTHK,
+                                 preferred_element_type=jnp.float32)
+        logits_BHTT = logits_BHTT / jnp.sqrt(cfg.head_width).astype(
+            logits_BHTT.dtype)
+        # Unmasked, for LISA layers after it.
+        carry = carry._replace(logits=logits_BHTT)
+        if mask_B1TT is not None:
+          logits_BHTT = jnp.where(mask_B1TT, logits_BHTT,
+                                  jnp.finfo(logits_BHTT.dtype).min)
+        probs_BHTT = jax.nn.softmax(logits_BHTT, axis=-1)
+        carry = carry._replace(probs=probs_BHTT)
+    if probs_BHTT is not None:
+      # Sown only when the caller makes the collection mutable, so the
+      # training step pays nothing for it. SA layers sow the map they reuse.
+      self.sow(ATTENTION_COLLECTION, 'attention_probs', probs_BHTT)
+      out_BTHK = jnp.einsum('bhqt,bthk->bqhk', probs_BHTT.astype(dtype),
+                            v_BTHK)
     index = spec.head_index('output')
     if index is not None:
       # sum_h o_h W_m(h) = sum_m (sum over h with m(h) = m of o_h) W_m.
-      onehot_HM = np.eye(max(index) + 1, dtype=np.float32)[np.asarray(index)]
+      onehot_HM = np.eye(max(index) + 1, dtype=out_BTHK.dtype)[
+          np.asarray(index)]
       out_BTHK = jnp.einsum('bthk,hm->btmk', out_BTHK, onehot_HM)
     if posthoc.head_links:
       out_BTD = head_links.output(spec, self.layer, proj['output'], out_BTHK,
@@ -307,6 +349,56 @@ class SelfAttention(nn.Module):
       return out_BTD, carry._replace(
           heads=head_links.donate(spec, self.layer, proj, carry.heads))
     return proj['output'](out_BTHK), carry
+
+  def _fused(self) -> bool:
+    """Whether no one needs this layer's map in this call.
+
+    The maps and statistics steps make the attention collection mutable to
+    read every map; the layer before an SA layer hands its map (and LISA's
+    logits) on.
+    """
+    cfg = self.config
+    if (cfg.attention == 'explicit'
+        or self.is_mutable_collection(ATTENTION_COLLECTION)):
+      return False
+    if cfg.attention == 'auto' and fused_implementation(cfg) != 'cudnn':
+      return False
+    following = self.layer + 1
+    return not (following < cfg.num_layers
+                and cfg.sharing.reuses_map(following))
+
+
+def fused_implementation(cfg: ModelConfig) -> str:
+  """jax.nn.dot_product_attention's implementation for cfg on this backend.
+
+  cuDNN's fused kernel on an NVIDIA GPU where it applies (bfloat16, a head
+  width that is a multiple of 8 up to 128, an even length); XLA's otherwise.
+  jax 0.10 takes XLA's for implementation=None even on a GPU, so the choice
+  is made here.
+  """
+  device = jax.devices()[0]
+  if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA')
+      and cfg.dtype == 'bfloat16' and cfg.head_width % 8 == 0
+      and cfg.head_width <= 128 and cfg.max_length % 2 == 0):
+    return 'cudnn'
+  return 'xla'
+
+
+def fused_attention(cfg: ModelConfig, q_BTHK, k_BTHK, v_BTHK, mask_B1TT):
+  """softmax(mask(Q Kᵀ / sqrt(K))) V without the map leaving the kernel.
+
+  Masked logits become a large negative number, as in the explicit path: a
+  fully masked row (an all-padding review) attends uniformly in both.
+  """
+  implementation = fused_implementation(cfg)
+  if implementation == 'cudnn' and mask_B1TT is not None:
+    # cuDNN takes the mask as a bias with both sequence axes.
+    length = q_BTHK.shape[1]
+    mask_B1TT = jnp.broadcast_to(
+        mask_B1TT, (mask_B1TT.shape[0], 1, length, length))
+  return jax.nn.dot_product_attention(
+      q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TT,
+      scale=1 / math.sqrt(cfg.head_width), implementation=implementation)
 
 
 class EncoderBlock(nn.Module):
@@ -381,7 +473,7 @@ def embed(cfg: ModelConfig, tokens_BT, deterministic: bool):
     x_BTE = nn.LayerNorm(cfg.layer_norm_eps, name='ln_embed')(x_BTE)
   if cfg.factorized:
     x_BTE = nn.Dense(cfg.width, name='embed_projection',
-                     **dense_init(cfg, e))(x_BTE)
+                     dtype=cfg.compute_dtype, **dense_init(cfg, e))(x_BTE)
   return nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x_BTE)
 
 
@@ -404,8 +496,10 @@ class Classifier(nn.Module):
                      cfg.pooling)
     if not cfg.num_classes:
       return pooled_BD
-    return nn.Dense(cfg.num_classes, name='head',
-                    **dense_init(cfg, cfg.width))(pooled_BD)
+    # Float32 logits for the loss, whatever the compute dtype.
+    return nn.Dense(cfg.num_classes, name='head', dtype=cfg.compute_dtype,
+                    **dense_init(cfg, cfg.width))(pooled_BD).astype(
+                        jnp.float32)
 
 
 class LanguageModel(nn.Module):
@@ -418,8 +512,8 @@ class LanguageModel(nn.Module):
     x_BTD = embed(cfg, tokens_BT, deterministic)
     x_BTD = Encoder(cfg, name='encoder')(
         x_BTD, attention_mask(cfg, tokens_BT != cfg.pad_id), deterministic)
-    return nn.Dense(cfg.vocab_size, name='lm_head',
-                    **dense_init(cfg, cfg.width))(x_BTD)
+    return nn.Dense(cfg.vocab_size, name='lm_head', dtype=cfg.compute_dtype,
+                    **dense_init(cfg, cfg.width))(x_BTD).astype(jnp.float32)
 
 
 def make_model(cfg: ModelConfig) -> nn.Module:

@@ -7,7 +7,10 @@ repeats of real replicas that every result drops (`SeedLayout`), so replica i
 depends on seed i alone and equals a single-seed run. The seeds on each
 device can instead be vmapped in chunks that the jitted step maps over
 (`seed_chunk`): the same replicas, with one chunk's activations in memory at
-a time.
+a time. The splits live on the device: training gathers each step's batch
+there from the rows that data.TrainBatches gives, several steps per call
+(`steps_per_call`), and evaluation runs over the whole test split in one
+call.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ import numpy as np
 import optax
 
 from jax_attnshare import attn_stats
+from jax_attnshare import data
+from jax_attnshare import distributed
 from jax_attnshare import model as model_lib
 
 SCHEDULES = ('constant', 'cosine', 'linear')
 OPTIMIZERS = ('adamw', 'adam')
+# What train_step returns per replica; training sums them over each logging
+# window on the device.
+TRAIN_METRICS = ('loss', 'accuracy', 'grad_norm')
 
 
 class TrainState(train_state.TrainState):
@@ -226,6 +234,17 @@ def check_seed_chunk(seed_chunk: int) -> None:
                      f'one vmap), got {seed_chunk}.')
 
 
+def check_steps_per_call(steps_per_call: int) -> None:
+  if steps_per_call < 1:
+    raise ValueError(f'config.steps_per_call must be >= 1 (training steps '
+                     f'per host call), got {steps_per_call}.')
+
+
+def gather_batch(split: dict, rows) -> dict:
+  """The batch of a resident split's rows [(S,) B]: tokens, labels."""
+  return {'tokens': split['tokens'][rows], 'labels': split['labels'][rows]}
+
+
 class SeedSteps:
   """The seed-mapped, jitted steps over S replicas, sharded over devices.
 
@@ -234,11 +253,15 @@ class SeedSteps:
   vmaps all of a device's replicas at once; seed_chunk c vmaps c at a time
   inside each step (over_seeds). The steps take and return padded trees;
   `real` and `real_state` drop the padding from what leaves the device.
+  `train_steps` runs up to steps_per_call steps in one call.
   """
 
   def __init__(self, model: nn.Module, optimizer, length: int,
-               num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0):
+               num_seeds: int, per_seed_batches: bool, seed_chunk: int = 0,
+               steps_per_call: int = 1):
     check_seed_chunk(seed_chunk)
+    check_steps_per_call(steps_per_call)
+    self.steps_per_call = steps_per_call
     self.layout = seed_layout(num_seeds)
     # Auto axes: XLA propagates the seed sharding through the vmapped steps.
     mesh = jax.make_mesh((self.layout.devices,), ('seed',),
@@ -251,6 +274,10 @@ class SeedSteps:
     self.per_seed_batches = per_seed_batches
     self.batch_sharding = (self.seed_sharding if per_seed_batches
                            else self.replicated)
+    # Rows [C, (S,) B]: per-seed rows are sharded along their seed axis.
+    self.rows_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, 'seed') if per_seed_batches
+        else jax.sharding.PartitionSpec())
 
     def on_devices(mapped, per_seed):
       if not seed_chunk or self.layout.devices == 1:
@@ -270,11 +297,46 @@ class SeedSteps:
     self._seed_init = seed_init(model, optimizer, length, seed_chunk)
     self._init = jax.jit(on_devices(self._seed_init, (True,)),
                          out_shardings=self.seed_sharding)
-    self.train = jax.jit(
-        seeded(functools.partial(train_step, losses=objective(model.config)),
-               per_seed_batches),
-        donate_argnums=0)
-    self.eval = jax.jit(seeded(functools.partial(eval_step, model=model)))
+    train = seeded(functools.partial(train_step,
+                                     losses=objective(model.config)),
+                   per_seed_batches)
+    self.train = jax.jit(train, donate_argnums=0)
+
+    def train_steps(state, window, split, rows_C, count):
+      """Steps on the batches of rows_C[:count]; window sums their metrics.
+
+      The scan has one length, steps_per_call, so one compilation serves
+      every call; the steps from count on leave the state as it is.
+      """
+      def one(carry, rows):
+        state, window = carry
+        state, metrics = train(state, gather_batch(split, rows))
+        return state, jax.tree.map(jnp.add, window, metrics)
+
+      def maybe(carry, i_rows):
+        i, rows = i_rows
+        return jax.lax.cond(i < count, one, lambda c, _: c, carry, rows), None
+
+      carry, _ = jax.lax.scan(maybe, (state, window),
+                              (jnp.arange(len(rows_C)), rows_C))
+      return carry
+
+    self.train_steps = jax.jit(train_steps, donate_argnums=(0, 1))
+    evaluate_batch = seeded(functools.partial(eval_step, model=model))
+    self.eval = jax.jit(evaluate_batch)
+
+    def eval_split(params, batches):
+      """Summed eval_step over the stacked batches [nb, ...], in order."""
+      first = evaluate_batch(params, jax.tree.map(lambda x: x[0], batches))
+
+      def add(total, batch):
+        return jax.tree.map(jnp.add, total, evaluate_batch(params, batch)), None
+
+      total, _ = jax.lax.scan(add, first,
+                              jax.tree.map(lambda x: x[1:], batches))
+      return total
+
+    self.eval_split = jax.jit(eval_split)
     self.stats = jax.jit(seeded(functools.partial(stats_step, model=model)))
     self.maps = jax.jit(seeded(functools.partial(maps_step, model=model)))
     index = self.layout.pad_index()
@@ -322,18 +384,42 @@ class SeedSteps:
   def put_shared(self, batch: dict) -> dict:
     return jax.device_put(batch, self.replicated)
 
+  def put_split(self, split) -> dict:
+    """A data.Split on every device, once, for train_steps to gather from."""
+    return self.put_shared({'tokens': split.tokens, 'labels': split.labels})
 
-def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
-  """Test metrics per replica over all eval batches.
+  def put_eval_split(self, split, batch_size: int) -> dict:
+    """A data.Split as its stacked eval batches [nb, ...], on the devices."""
+    batches = list(data.eval_batches(split, batch_size))
+    return self.put_shared(jax.tree.map(lambda *xs: np.stack(xs), *batches))
+
+  def put_rows(self, rows_CxB: np.ndarray) -> jax.Array:
+    """Rows of up to steps_per_call steps, padded to steps_per_call."""
+    count = len(rows_CxB)
+    if not 1 <= count <= self.steps_per_call:
+      raise ValueError(f'{count} steps in one call; 1 to steps_per_call='
+                       f'{self.steps_per_call} fit.')
+    if self.per_seed_batches and self.layout.padding:
+      rows_CxB = rows_CxB[:, self.layout.pad_index()]
+    pad = [(0, self.steps_per_call - count)] + [(0, 0)] * (rows_CxB.ndim - 1)
+    return jax.device_put(np.pad(rows_CxB, pad).astype(np.int32),
+                          self.rows_sharding)
+
+  def zero_window(self) -> dict:
+    """The metric sums of no steps: the start of a logging window."""
+    zeros = np.zeros(self.layout.padded_seeds, np.float32)
+    return jax.device_put({name: zeros for name in TRAIN_METRICS},
+                          self.seed_sharding)
+
+
+def evaluate(steps: SeedSteps, params: Any,
+             eval_split: dict) -> dict[str, np.ndarray]:
+  """Test metrics per replica over a resident split (put_eval_split).
 
   Mean loss and accuracy; for the LM the mean next-token loss, perplexity =
   exp(loss) and token accuracy, each over all real next tokens.
   """
-  total = None
-  for batch in batches:
-    sums = steps.eval(params, steps.put_shared(batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  total = steps.real(jax.device_get(total))
+  total = steps.real(distributed.fetch(steps.eval_split(params, eval_split)))
   loss = total['loss_sum'] / total['count']
   accuracy = total['correct'] / total['count']
   if steps.causal:
@@ -345,7 +431,7 @@ def evaluate(steps: SeedSteps, params: Any, batches) -> dict[str, np.ndarray]:
 def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,
                          batch_size: int) -> dict[str, np.ndarray]:
   """Statistics per replica on a fixed sample, averaged over equal chunks."""
-  chunks = [steps.real(jax.device_get(steps.stats(params, steps.put_shared(
+  chunks = [steps.real(distributed.fetch(steps.stats(params, steps.put_shared(
       tokens_BT[i:i + batch_size]))))
             for i in range(0, len(tokens_BT), batch_size)]
   return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)

@@ -20,13 +20,13 @@ from typing import Any, Callable, Mapping
 from absl import logging
 from clu import metric_writers
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jax_attnshare import attn_stats
 from jax_attnshare import checkpoint
 from jax_attnshare import cost
 from jax_attnshare import data
+from jax_attnshare import distributed
 from jax_attnshare import model as model_lib
 from jax_attnshare import workdir as workdir_lib
 from jax_attnshare import steps as steps_lib
@@ -34,7 +34,7 @@ from jax_attnshare import writers as writers_lib
 
 SEED_MODES = ('shared', 'per_seed')
 # Where a run's wall time goes; summary.json records each.
-PHASES = ('train', 'eval', 'attention_stats', 'checkpoints')
+PHASES = ('train', 'eval', 'attention_stats', 'checkpoints', 'writers')
 VERSIONED = ('jax', 'flax', 'optax', 'orbax-checkpoint', 'clu')
 
 
@@ -84,6 +84,7 @@ def check_config(config: Any) -> model_lib.ModelConfig:
   mcfg = model_lib.model_config(config, config.data.vocab_size, data.PAD_ID)
   steps_lib.make_optimizer(config.opt, config.num_train_steps)
   steps_lib.check_seed_chunk(config.seed_chunk)
+  steps_lib.check_steps_per_call(config.steps_per_call)
   return mcfg
 
 
@@ -121,7 +122,7 @@ def _review_maps(steps, params, tokens_T: np.ndarray,
                  pad_id: int) -> np.ndarray:
   """probs_SNHTT of one review, cropped to its valid tokens."""
   n = max(int((tokens_T != pad_id).sum()), 1)
-  probs_SNBHTT = steps.real(jax.device_get(
+  probs_SNBHTT = steps.real(distributed.fetch(
       steps.maps(params, steps.put_shared(tokens_T[None]))))
   return np.asarray(probs_SNBHTT)[:, :, 0, :, :n, :n]
 
@@ -161,7 +162,14 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   mcfg, texts = _prepare(config, workdir, read_texts)
   os.makedirs(workdir, exist_ok=True)
   try:
-    with workdir_lib.lock(workdir):
+    # The lock names one pid on one host: process 0 holds it for them all.
+    with distributed.held_by_primary(
+        'locking the workdir', lambda: workdir_lib.lock(workdir)):
+      try:
+        distributed.check_shared_file(
+            os.path.join(workdir, workdir_lib.LOCK_FILE))
+      except ValueError as e:
+        raise ConfigError(str(e)) from e
       return _train(config, workdir, config_name, mcfg, texts, start_time)
   except workdir_lib.WorkdirInUseError as e:
     raise ConfigError(str(e)) from e
@@ -178,7 +186,7 @@ def _train(config: Any, workdir: str, config_name: str,
     replaced = workdir_lib.check_workdir(workdir, cfg)
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  if replaced:
+  if replaced and distributed.is_primary():
     logging.warning('Replacing the config.json of %s, since nothing was '
                     'trained with it: %s', workdir, '; '.join(replaced))
     # Its tokenizer was trained for the replaced config.
@@ -189,19 +197,29 @@ def _train(config: Any, workdir: str, config_name: str,
   model = model_lib.make_model(mcfg)
   per_seed = config.data.seed_mode == 'per_seed'
   steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
-                              config.num_seeds, per_seed, config.seed_chunk)
+                              config.num_seeds, per_seed, config.seed_chunk,
+                              config.steps_per_call)
   layout = steps.layout.describe()
   logging.info('Seeds over devices: %d seeds on %d devices, %d per device, '
                'padded with %d repeated replicas whose results are dropped.',
                config.num_seeds, layout['devices'],
                layout['seeds_per_device'], layout['padding'])
 
-  workdir_lib.write_config(workdir, cfg, {
-      'config_name': config_name, 'seeds': seeds, 'sharing': spec,
-      'versions': _versions(), 'devices': [str(d) for d in jax.devices()],
-      'seed_layout': layout})
+  if distributed.is_primary():
+    workdir_lib.write_config(workdir, cfg, {
+        'config_name': config_name, 'seeds': seeds, 'sharing': spec,
+        'versions': _versions(), 'devices': [str(d) for d in jax.devices()],
+        'seed_layout': layout})
   try:
-    dataset = data.tokenize_dataset(texts, config.data, workdir)
+    # Process 0 trains the tokenizer into the workdir; the others load it.
+    dataset = distributed.primary_first(
+        'training the tokenizer',
+        lambda: data.tokenize_dataset(texts, config.data, workdir))
+    distributed.check_same(
+        [dataset.train.tokens, dataset.train.labels, dataset.test.tokens,
+         dataset.test.labels],
+        'the tokenized data differs between hosts: each must read the same '
+        'dataset (same tensorflow-datasets version and files)')
   except ValueError as e:  # A vocab_size that does not suit the texts.
     raise ConfigError(str(e)) from e
   batches = data.TrainBatches(dataset.train, config.batch_size,
@@ -231,11 +249,12 @@ def _train(config: Any, workdir: str, config_name: str,
   else:
     state = steps.init(keys)
   # The restored state's own step: the latest checkpoint may not restore.
-  first_step = int(jax.device_get(state.step)[0])
+  first_step = int(distributed.fetch(state.step)[0])
   if first_step:
     logging.info('Resumed %s from step %d.', workdir, first_step)
 
-  writers = writers_lib.SeedWriters(workdir, seeds, first_step)
+  writers = writers_lib.SeedWriters(workdir, seeds, first_step,
+                                    write=distributed.is_primary())
   if first_step == 0:
     writers.write_hparams({'sharing': spec, 'num_seeds': config.num_seeds,
                            **{f'params/{k}': v
@@ -257,25 +276,37 @@ def _train(config: Any, workdir: str, config_name: str,
         diverged=diverged, final_attention=final_attention,
         sparsity_thresholds=_threshold_descriptions(), phase_s=phase_s)
     value = workdir_lib.jsonable(value)
-    workdir_lib.write_summary(workdir, value)
+    if distributed.is_primary():
+      workdir_lib.write_summary(workdir, value)
     return value
 
   evals_left = len(evaluation_steps(config, first_step))
-  summary, window, window_steps = None, None, 0
+  # Both splits go to the devices once; batches are gathered there.
+  train_split = steps.put_split(dataset.train)
+  test_split = steps.put_eval_split(dataset.test, config.eval_batch_size)
+  summary, window, window_steps = None, steps.zero_window(), 0
   window_start = time.time()
   try:
     with metric_writers.ensure_flushes(*writers.all):
-      for step in range(first_step + 1, config.num_train_steps + 1):
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, m_S = steps.train(state, steps.put_batch(batches(step - 1)))
-        window = m_S if window is None else jax.tree.map(jnp.add, window, m_S)
-        window_steps += 1
-        if step == first_step + 1:  # Says at once that training runs.
-          jax.block_until_ready(m_S)
-          logging.info('Step %d took %s, compilation included; progress is '
-                       'logged every %d steps.', step,
+      step = first_step
+      while step < config.num_train_steps:
+        # Steps step + 1 .. end in one call, which never crosses the end of
+        # a logging window. Only the rows leave the host: no sync until the
+        # window ends.
+        end = min(step + config.steps_per_call, window_end(config, step))
+        rows = steps.put_rows(np.stack([batches.rows(s)
+                                        for s in range(step, end)]))
+        with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
+          state, window = steps.train_steps(state, window, train_split, rows,
+                                            end - step)
+        window_steps += end - step
+        if step == first_step:  # Says at once that training runs.
+          jax.block_until_ready(window)
+          logging.info('Steps %d-%d took %s, compilation included; progress '
+                       'is logged every %d steps.', step + 1, end,
                        format_seconds(time.time() - window_start),
                        config.log_every_steps)
+        step = end
         last = step == config.num_train_steps
         evaluates = evaluates_at(config, step)
         saves = last or step % config.ckpt_every_steps == 0
@@ -284,7 +315,7 @@ def _train(config: Any, workdir: str, config_name: str,
         if step % config.log_every_steps and not evaluates and not saves:
           continue
         train_S = {k: v / window_steps
-                   for k, v in steps.real(jax.device_get(window)).items()}
+                   for k, v in steps.real(distributed.fetch(window)).items()}
         seconds = time.time() - window_start
         phase_s['train'] += seconds
         flag_nonfinite(train_S['loss'], step, diverged, seeds,
@@ -293,13 +324,14 @@ def _train(config: Any, workdir: str, config_name: str,
         # aggregate over seeds covers the live replicas only.
         train_S = mask_diverged(train_S, diverged)
         live = config.num_seeds - len(diverged)
-        writers.write_scalars(step, {f'train/{k}': v
-                                     for k, v in train_S.items()})
         examples_per_s = (window_steps * config.batch_size * config.num_seeds
                           / seconds)
-        writers.agg.write_scalars(step, {
-            'train/examples_per_sec': examples_per_s,
-            'train/live_replicas': live})
+        with timed('writers'):
+          writers.write_scalars(step, {f'train/{k}': v
+                                       for k, v in train_S.items()})
+          writers.agg.write_scalars(step, {
+              'train/examples_per_sec': examples_per_s,
+              'train/live_replicas': live})
         evals_done = len(history)
         eval_s = ((phase_s['eval'] + phase_s['attention_stats']) / evals_done
                   if evals_done else 0.0)
@@ -315,8 +347,7 @@ def _train(config: Any, workdir: str, config_name: str,
         if evaluates:
           evals_left -= 1
           with timed('eval'):
-            test_S = steps_lib.evaluate(steps, state.params, data.eval_batches(
-                dataset.test, config.eval_batch_size))
+            test_S = steps_lib.evaluate(steps, state.params, test_split)
           with timed('attention_stats'):
             stats_S = steps_lib.attention_statistics(
                 steps, state.params, stats_tokens, config.stats_batch_size)
@@ -326,23 +357,28 @@ def _train(config: Any, workdir: str, config_name: str,
           stats_S = mask_diverged(stats_S, diverged)
           attention_S = _summary_attention(stats_S)
           layer_S = attn_stats.per_layer(stats_S)
-          writers.write_scalars(step, {f'test/{k}': v
-                                       for k, v in test_S.items()})
-          writers.write_scalars(step, writers_lib.flatten_layers(layer_S))
-          writers.write_scalars(step, writers_lib.flatten_layers(
-              {k: v for k, v in stats_S.items()
-               if k in attn_stats.HEAD_METRICS}), aggregate=False)
-          _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces, seeds,
-                          dataset.test.labels[config.heatmap_example], config)
           history.append({
               'step': step, 'train_loss': train_S['loss'],
               **{f'test_{k}': v for k, v in test_S.items()},
               'attention': {k: layer_S[k]
                             for k in attn_stats.PER_LAYER_METRICS}})
-          if last:  # Before the summary that says the run is finished.
-            workdir_lib.write_attention_maps(
-                workdir, maps_SNHTT, heatmap_pieces,
-                dataset.test.labels[config.heatmap_example], step)
+          with timed('writers'):
+            writers.write_scalars(step, {f'test/{k}': v
+                                         for k, v in test_S.items()})
+            writers.write_scalars(step, writers_lib.flatten_layers(layer_S))
+            writers.write_scalars(step, writers_lib.flatten_layers(
+                {k: v for k, v in stats_S.items()
+                 if k in attn_stats.HEAD_METRICS}), aggregate=False)
+            if distributed.is_primary():  # Only its writers write.
+              _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces,
+                              seeds,
+                              dataset.test.labels[config.heatmap_example],
+                              config)
+            if last and distributed.is_primary():
+              # Before the summary that says the run is finished.
+              workdir_lib.write_attention_maps(
+                  workdir, maps_SNHTT, heatmap_pieces,
+                  dataset.test.labels[config.heatmap_example], step)
           summary = write_summary(step, attention_S)
         if saves:
           with timed('checkpoints'):
@@ -352,7 +388,8 @@ def _train(config: Any, workdir: str, config_name: str,
                 'wall_time_s': wall_before + time.time() - start_time,
                 'phase_s': phase_s,
                 'config_hash': workdir_lib.config_hash(cfg)})
-        window, window_steps, window_start = None, 0, time.time()
+        window, window_steps = steps.zero_window(), 0
+        window_start = time.time()
   finally:
     ckpt.close()
     writers.close()
@@ -375,6 +412,17 @@ def format_seconds(seconds: float) -> str:
 def evaluates_at(config: Any, step: int) -> bool:
   """Whether the run evaluates at `step`: every eval_every_steps, and last."""
   return step % config.eval_every_steps == 0 or step == config.num_train_steps
+
+
+def window_end(config: Any, step: int) -> int:
+  """Where the logging window after `step` ends.
+
+  The first logging, evaluation or checkpoint step after it, or the last.
+  """
+  return min([(step // every + 1) * every
+              for every in (config.log_every_steps, config.eval_every_steps,
+                            config.ckpt_every_steps)]
+             + [config.num_train_steps])
 
 
 def evaluation_steps(config: Any, after: int = 0) -> list[int]:

@@ -36,9 +36,11 @@ REQUIRED_SUMMARY_KEYS = ('condition', 'seeds', 'per_seed', 'finished')
 # Fields that do not change what is trained or measured. seed_chunk,
 # eval_batch_size and stats_batch_size are not among them: they change the
 # order of float32 sums, and so the results in their last digits, which
-# drift apart over many steps.
+# drift apart over many steps. steps_per_call is: a call runs the same steps
+# in the same order (tested bit-exact on a CPU).
 OPERATIONAL_FIELDS = ('log_every_steps', 'eval_every_steps',
-                      'ckpt_every_steps', 'max_to_keep', 'halt_on_nonfinite')
+                      'ckpt_every_steps', 'max_to_keep', 'halt_on_nonfinite',
+                      'steps_per_call')
 DATA_LOCATION_FIELDS = ('data_dir', 'allow_download')
 
 

@@ -270,3 +270,16 @@ def test_invalid_init_raises_naming_the_field():
   with pytest.raises(ValueError, match=r"config\.model\.init must be one of "
                      r"\('flax', 'pytorch'\), got 'torch'"):
     model_lib.model_config(config, config.data.vocab_size, 0)
+
+
+@pytest.mark.parametrize('regime,attends_to_padding', [('clean', False),
+                                                       ('blog', True)])
+def test_only_the_blog_regime_attends_to_padding(regime, attends_to_padding):
+  config = configs.classifier_config('kv', f'tiny,regime={regime}')
+  cfg = model_lib.model_config(config, config.data.vocab_size, 0)
+  model = model_lib.Classifier(cfg)
+  unpadded = jnp.array([[5, 6, 7, 8, 9, 10, 11, 12]])
+  padded = jnp.pad(unpadded, [(0, 0), (0, cfg.max_length - 8)])
+  params = model.init(jax.random.key(0), padded)['params']
+  logits = [model.apply({'params': params}, x) for x in (unpadded, padded)]
+  assert np.allclose(logits[0], logits[1], atol=1e-5) != attends_to_padding

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jax_attnshare import data
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
 from jax_attnshare import steps as steps_lib
@@ -87,10 +88,94 @@ def test_seed_chunks_give_the_vmapped_eval_and_statistics():
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def _split(rng, n=40):
+  return data.Split(_batch(rng, (n,))['tokens'],
+                    rng.integers(0, 2, size=n).astype(np.int32))
+
+
+@pytest.mark.parametrize('per_seed', [False, True])
+def test_device_batches_equal_train_batches(per_seed):
+  steps = steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10),
+                              T, S, per_seed, steps_per_call=4)
+  split = _split(np.random.default_rng(3))
+  batches = data.TrainBatches(split, B, 0, SEEDS if per_seed else None)
+  resident = steps.put_split(split)
+  # Steps 8..10 cross the epoch boundary (10 steps per epoch).
+  rows = steps.put_rows(np.stack([batches.rows(s) for s in range(8, 11)]))
+  assert rows.shape[0] == 4
+  for i, step in enumerate(range(8, 11)):
+    got = jax.device_get(steps_lib.gather_batch(resident, rows[i]))
+    for name, want in batches(step).items():
+      np.testing.assert_array_equal(got[name], want)
+
+
+@pytest.mark.parametrize('per_seed,seed_chunk', [(False, 0), (True, 2)])
+def test_steps_per_call_give_the_state_of_one_step_per_call(per_seed,
+                                                            seed_chunk):
+  model, optimizer = _model(), steps_lib.make_optimizer(_opt(), 10)
+  split = _split(np.random.default_rng(4))
+  batches = data.TrainBatches(split, B, 0, SEEDS if per_seed else None)
+  finals = []
+  for steps_per_call in (1, 3):
+    steps = steps_lib.SeedSteps(model, optimizer, T, S, per_seed, seed_chunk,
+                                steps_per_call)
+    state, window = steps.init(steps_lib.seed_keys(SEEDS)), steps.zero_window()
+    resident, step = steps.put_split(split), 0
+    while step < 7:  # Calls of 3, 3 and 1 steps.
+      end = min(step + steps_per_call, 7)
+      rows = steps.put_rows(np.stack([batches.rows(s)
+                                      for s in range(step, end)]))
+      state, window = steps.train_steps(state, window, resident, rows,
+                                        end - step)
+      step = end
+    finals.append(jax.device_get((state.step, state.params, state.opt_state,
+                                  window)))
+  assert finals[1][0][0] == 7
+  for got, want in zip(*map(jax.tree.leaves, finals)):
+    np.testing.assert_array_equal(got, want)
+  # And the same as the one-step jitted step on host batches.
+  steps = steps_lib.SeedSteps(model, optimizer, T, S, per_seed, seed_chunk)
+  state = steps.init(steps_lib.seed_keys(SEEDS))
+  for step in range(7):
+    state, _ = steps.train(state, steps.put_batch(batches(step)))
+  for got, want in zip(jax.tree.leaves(jax.device_get(state.params)),
+                       jax.tree.leaves(finals[1][1])):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_resident_evaluation_sums_the_eval_batches():
+  model, optimizer = _model(), steps_lib.make_optimizer(_opt(), 10)
+  steps = steps_lib.SeedSteps(model, optimizer, T, S, False, seed_chunk=2)
+  params = steps.init(steps_lib.seed_keys(SEEDS)).params
+  split = _split(np.random.default_rng(5), n=11)  # Batches of 4, 4 and 3.
+  got = steps_lib.evaluate(steps, params, steps.put_eval_split(split, B))
+  sums = [jax.device_get(steps.eval(params, batch))
+          for batch in data.eval_batches(split, B)]
+  total = jax.tree.map(lambda *xs: sum(xs), *sums)
+  np.testing.assert_allclose(got['accuracy'],
+                             total['correct'] / total['count'], rtol=1e-6)
+  np.testing.assert_allclose(got['loss'], total['loss_sum'] / total['count'],
+                             rtol=1e-6)
+  assert total['count'][0] == 11
+
+
+def test_too_many_steps_for_one_call_are_refused():
+  steps = steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10),
+                              T, S, False, steps_per_call=2)
+  with pytest.raises(ValueError, match='steps_per_call=2'):
+    steps.put_rows(np.zeros((3, B), np.int32))
+
+
 def test_negative_seed_chunk_names_the_field():
   with pytest.raises(ValueError, match='config.seed_chunk'):
     steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10), T, S, False,
                         seed_chunk=-1)
+
+
+def test_zero_steps_per_call_names_the_field():
+  with pytest.raises(ValueError, match='config.steps_per_call'):
+    steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10), T, S,
+                        False, steps_per_call=0)
 
 
 @pytest.mark.parametrize('num_seeds,devices,layout', [
@@ -152,7 +237,7 @@ def test_bad_optimizer_fields_name_the_field(field, value):
 
 _TWO_DEVICE_SCRIPT = '''
 import jax, numpy as np
-from jax_attnshare import model as model_lib, sharing, steps as steps_lib
+from jax_attnshare import data, model as model_lib, sharing, steps as steps_lib
 import ml_collections
 assert jax.device_count() == 2
 spec = sharing.SharingSpec(num_layers=1, components=("key",),
@@ -192,6 +277,19 @@ assert kernel.shape[0] == 3
 single = steps_lib.init_state(jax.random.key(3), model, opt, 8)
 single, _ = jax.jit(steps_lib.train_step)(
     single, {k: v[2] for k, v in batches.items()})
+np.testing.assert_allclose(
+    kernel[2], single.params["encoder"]["shared_key_g0"]["kernel"],
+    rtol=1e-5, atol=1e-6)
+# The same replica through train_steps: rows gathered on the devices.
+split = data.Split(batches["tokens"][2], batches["labels"][2])
+calls = steps_lib.SeedSteps(model, opt, 8, 3, per_seed_batches=True,
+                            seed_chunk=1, steps_per_call=2)
+state = calls.init(steps_lib.seed_keys([0, 1, 3]))
+rows = np.zeros((1, 3, 2), np.int32) + np.arange(2, dtype=np.int32)
+state, window = calls.train_steps(state, calls.zero_window(),
+                                  calls.put_split(split), calls.put_rows(rows),
+                                  1)
+kernel = calls.real_state(state).params["encoder"]["shared_key_g0"]["kernel"]
 np.testing.assert_allclose(
     kernel[2], single.params["encoder"]["shared_key_g0"]["kernel"],
     rtol=1e-5, atol=1e-6)

@@ -48,6 +48,9 @@ def test_tiny_run_writes_workdir(tmp_path, fake_texts):
                                   'shared'}
   assert len(seed0['attention']['entropy']) == 2
   assert len(seed0['attention']['js_adjacent']) == 1
+  # Where the time went: every phase took some.
+  assert set(summary['phase_s']) == set(train.PHASES)
+  assert all(s > 0 for s in summary['phase_s'].values()), summary['phase_s']
   with open(os.path.join(workdir, 'config.json')) as f:
     config_json = json.load(f)
   assert config_json['seeds'] == [0, 1]
@@ -65,21 +68,21 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
   straight = train.train_and_evaluate(_config(), str(tmp_path / 'a'),
                                      read_texts=fake_texts)
   workdir = str(tmp_path / 'b')
-  real_batch = data.TrainBatches.__call__
+  real_rows = data.TrainBatches.rows
 
   def crash_at_step_5(self, step):
     if step == 4:  # 0-based: the fifth update, after the step-3 checkpoint.
       raise KeyboardInterrupt
-    return real_batch(self, step)
+    return real_rows(self, step)
 
-  monkeypatch.setattr(data.TrainBatches, '__call__', crash_at_step_5)
+  monkeypatch.setattr(data.TrainBatches, 'rows', crash_at_step_5)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
   crashed = _summary(workdir)
   assert not crashed['finished'] and crashed['completed_steps'] == 3
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
 
-  monkeypatch.setattr(data.TrainBatches, '__call__', real_batch)
+  monkeypatch.setattr(data.TrainBatches, 'rows', real_rows)
   # The seeds one at a time in each step would sum in another order: that
   # is another experiment, refused before anything runs.
   chunked = _config()
@@ -97,15 +100,15 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
 
 def _assert_same_results(summary, expected):
   for key in ('history', 'per_seed'):
-    np.testing.assert_allclose(_numbers(summary[key]),
-                               _numbers(expected[key]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(numbers(summary[key]),
+                               numbers(expected[key]), rtol=1e-5, atol=1e-6)
 
 
-def _numbers(tree):
+def numbers(tree):
   if isinstance(tree, dict):
-    return [x for k in sorted(tree) for x in _numbers(tree[k])]
+    return [x for k in sorted(tree) for x in numbers(tree[k])]
   if isinstance(tree, list):
-    return [x for v in tree for x in _numbers(v)]
+    return [x for v in tree for x in numbers(v)]
   if isinstance(tree, bool) or tree is None:
     return []
   return [float(tree)]
@@ -278,15 +281,15 @@ def test_diverged_replica_is_missing_and_the_report_leaves_it_out(
 
   def init_with_divergence(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
-    real_train = self.train
+    real_train_steps = self.train_steps
 
-    def train_step(state, batch):
-      state, metrics = real_train(state, batch)
+    def train_steps(state, *args):
+      state, window = real_train_steps(state, *args)
       if int(jax.device_get(state.step)[0]) == 2:
         state = state.replace(params=jax.tree.map(
             lambda x: x.at[1].set(np.nan), state.params))
-      return state, metrics
-    self.train = train_step
+      return state, window
+    self.train_steps = train_steps
 
   runs = tmp_path / 'runs'
   normal = train.train_and_evaluate(_config('none'), str(runs / 'none'),
@@ -352,19 +355,19 @@ def test_resumed_run_shows_each_step_once_in_tensorboard(tmp_path, fake_texts,
   config = _config()
   config.log_every_steps = 1
   workdir = str(tmp_path / 'w')
-  real_batch = data.TrainBatches.__call__
+  real_rows = data.TrainBatches.rows
 
   def crash_at_step_5(self, step):
     if step == 4:  # After step 4's scalars; the checkpoint is step 3's.
       raise KeyboardInterrupt
-    return real_batch(self, step)
+    return real_rows(self, step)
 
-  monkeypatch.setattr(data.TrainBatches, '__call__', crash_at_step_5)
+  monkeypatch.setattr(data.TrainBatches, 'rows', crash_at_step_5)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, workdir, read_texts=fake_texts)
   seed_dir = os.path.join(workdir, 'tb', 'seed_00')
   assert _scalar_steps(seed_dir, 'train/loss') == [1, 2, 3, 4]
-  monkeypatch.setattr(data.TrainBatches, '__call__', real_batch)
+  monkeypatch.setattr(data.TrainBatches, 'rows', real_rows)
   train.train_and_evaluate(config, workdir, read_texts=fake_texts)
   for run, tag in (('seed_00', 'train/loss'), ('agg', 'train/loss/mean')):
     assert _scalar_steps(os.path.join(workdir, 'tb', run), tag) == [
