@@ -20,10 +20,12 @@ C classes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 from typing import Any, Mapping, NamedTuple
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -372,16 +374,45 @@ def fused_implementation(cfg: ModelConfig) -> str:
   """jax.nn.dot_product_attention's implementation for cfg on this backend.
 
   cuDNN's fused kernel on an NVIDIA GPU where it applies (bfloat16, a head
-  width that is a multiple of 8 up to 128, an even length); XLA's otherwise.
-  jax 0.10 takes XLA's for implementation=None even on a GPU, so the choice
-  is made here.
+  width that is a multiple of 8 up to 128, an even length, and the kernel
+  compiles here: cudnn_compiles); XLA's otherwise. jax 0.10 takes XLA's for
+  implementation=None even on a GPU, so the choice is made here.
   """
   device = jax.devices()[0]
   if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA')
       and cfg.dtype == 'bfloat16' and cfg.head_width % 8 == 0
-      and cfg.head_width <= 128 and cfg.max_length % 2 == 0):
+      and cfg.head_width <= 128 and cfg.max_length % 2 == 0
+      and cudnn_compiles(cfg.num_heads, cfg.head_width, cfg.max_length)):
     return 'cudnn'
   return 'xla'
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_compiles(num_heads: int, head_width: int, length: int) -> bool:
+  """Whether cuDNN's fused attention compiles on this backend, as used here.
+
+  Compiles its gradient, masked, under a vmap over seeds, on bfloat16 inputs
+  of the model's heads and length: what the training step asks of it.
+  """
+  q_SBTHK = jnp.zeros((2, 2, length, num_heads, head_width), jnp.bfloat16)
+  mask_SB1TT = jnp.ones((2, 2, 1, length, length), bool)
+
+  def loss(q_BTHK, mask_B1TT):
+    mask_B1TT = jnp.broadcast_to(mask_B1TT, (2, 1, length, length))
+    out = jax.nn.dot_product_attention(q_BTHK, q_BTHK, q_BTHK,
+                                       mask=mask_B1TT, implementation='cudnn')
+    return out.astype(jnp.float32).sum()
+
+  try:
+    jax.jit(jax.vmap(jax.grad(loss))).lower(q_SBTHK, mask_SB1TT).compile()
+  # cuDNN refuses shapes, versions and devices in many ways; any refusal
+  # means the explicit path, never a failed run.
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('cuDNN fused attention does not compile here (%s: %s); '
+                    "attention='auto' computes the map explicitly.",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+    return False
+  return True
 
 
 def fused_attention(cfg: ModelConfig, q_BTHK, k_BTHK, v_BTHK, mask_B1TT):

@@ -128,3 +128,8 @@ def test_bad_precision_fields_name_the_field(field, value):
   c.model[field] = value
   with pytest.raises(ValueError, match=f'config.model.{field}'):
     model_lib.model_config(c, V, 0)
+
+
+def test_cudnn_probe_refuses_where_the_kernel_does_not_compile():
+  # No cuDNN on a CPU: the probe says so instead of failing the run.
+  assert not model_lib.cudnn_compiles(2, 8, 16)
