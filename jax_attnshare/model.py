@@ -125,9 +125,7 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   if m.num_layers < 1:
     raise ValueError(f'config.model.num_layers must be >= 1, got '
                      f'{m.num_layers}.')
-  if m.pooling not in POOLINGS:
-    raise ValueError(f'config.model.pooling must be one of {POOLINGS}, got '
-                     f'{m.pooling!r}.')
+  pooling = _one_of(m, 'pooling', POOLINGS, 'mean')
   if m.activation not in ACTIVATIONS:
     raise ValueError(f'config.model.activation must be one of '
                      f'{sorted(ACTIVATIONS)}, got {m.activation!r}.')
@@ -151,7 +149,7 @@ def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
       vocab_size=vocab_size, max_length=config.data.max_length, sharing=spec,
       width=m.width, num_layers=m.num_layers, num_heads=m.num_heads,
       ffn_width=m.ffn_multiplier * m.width, num_classes=m.num_classes,
-      dropout_rate=m.dropout_rate, pooling=m.pooling,
+      dropout_rate=m.dropout_rate, pooling=pooling,
       padding_mask=m.padding_mask,
       pooling_mask=m.get('pooling_mask', True), qkv_bias=m.qkv_bias,
       activation=m.activation, layer_norm_eps=m.layer_norm_eps,
