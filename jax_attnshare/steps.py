@@ -113,7 +113,7 @@ def objective(cfg: model_lib.ModelConfig) -> Callable:
 def train_step(state: TrainState, batch: dict,
                losses: Callable = classification_losses
                ) -> tuple[TrainState, dict]:
-  """One AdamW update of one replica; dropout keyed by (replica, step)."""
+  """One optimizer update of one replica; dropout keyed by (replica, step)."""
   dropout_key = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
