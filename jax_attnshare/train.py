@@ -310,9 +310,10 @@ def _train(config: Any, workdir: str, config_name: str,
         last = step == config.num_train_steps
         evaluates = evaluates_at(config, step)
         saves = last or step % config.ckpt_every_steps == 0
-        # Every evaluation and checkpoint step also ends a logging window,
-        # so a resumed run logs the same windows as an uninterrupted one.
-        if step % config.log_every_steps and not evaluates and not saves:
+        # Every evaluation and checkpoint step also ends a logging window
+        # (window_end), so a resumed run logs the same windows as an
+        # uninterrupted one.
+        if step != window_end(config, step - 1):
           continue
         train_S = {k: v / window_steps
                    for k, v in steps.real(distributed.fetch(window)).items()}
