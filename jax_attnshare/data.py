@@ -247,6 +247,11 @@ def _train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int):
           model.getvalue())
 
 
+def tokenizer_kind(data_config: Any) -> str:
+  """config.data.tokenizer; 'sentencepiece' for configs written before it."""
+  return data_config.get('tokenizer', 'sentencepiece')
+
+
 def check_tokenizer(kind: str) -> None:
   if kind not in TOKENIZERS:
     raise ValueError(f'config.data.tokenizer must be one of {TOKENIZERS}, '
@@ -290,7 +295,7 @@ def load_or_train_tokenizer(
 
 def load_tokenizer(workdir: str, data_config: Any):
   """The tokenizer a finished or running training run in workdir wrote."""
-  kind = data_config.get('tokenizer', 'sentencepiece')
+  kind = tokenizer_kind(data_config)
   return _load_tokenizer(kind, tokenizer_path(workdir, kind))
 
 
@@ -358,7 +363,7 @@ def check_subset_fields(config: Any) -> None:
 def check_fields(config: Any) -> None:
   """Raises ValueError naming the first invalid config.data field."""
   _check(config, _TOKENIZER_FIELDS + _SUBSET_FIELDS)
-  check_tokenizer(config.get('tokenizer', 'sentencepiece'))
+  check_tokenizer(tokenizer_kind(config))
 
 
 def _subset_index(split_size: int, size: int, data_seed: int,
@@ -436,7 +441,7 @@ def read_dataset(
 def tokenize_dataset(texts: DatasetTexts, data_config: Any,
                      workdir: str) -> TextDataset:
   """Encodes both splits with the workdir's tokenizer, training it if new."""
-  kind = data_config.get('tokenizer', 'sentencepiece')
+  kind = tokenizer_kind(data_config)
   tokenizer = load_or_train_tokenizer(
       texts.tokenizer_texts, data_config.vocab_size,
       tokenizer_path(workdir, kind), data_config.tokenizer_train_examples,
