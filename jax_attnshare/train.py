@@ -11,6 +11,7 @@ rerun of the same command resumes and a crash loses nothing finished.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import shutil
@@ -175,10 +176,76 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
     raise ConfigError(str(e)) from e
 
 
+@dataclasses.dataclass
+class _Run:
+  """What a run fixes before its first step: data, steps and where it writes."""
+  config: Any
+  cfg: dict  # config as JSON, what config.json and summary.json hold
+  workdir: str
+  config_name: str
+  spec: str
+  seeds: list[int]
+  steps: steps_lib.SeedSteps
+  dataset: data.TextDataset
+  batches: data.TrainBatches
+  params_count: dict
+  cost_summary: dict
+  start_time: float
+
+
+@dataclasses.dataclass
+class _Progress:
+  """What a run has done: restored from a checkpoint, or a fresh start."""
+  state: steps_lib.TrainState
+  history: list[dict]
+  diverged: dict[int, int]
+  wall_before: float
+  phase_s: dict[str, float]
+  step: int
+  # The step this process started from, and how long its first calls took.
+  start_step: int = 0
+  first_calls_s: list[float] = dataclasses.field(default_factory=list)
+  summary: dict | None = None
+
+  @contextlib.contextmanager
+  def timed(self, phase: str):
+    start = time.time()
+    yield
+    self.phase_s[phase] += time.time() - start
+
+
 def _train(config: Any, workdir: str, config_name: str,
            mcfg: model_lib.ModelConfig, texts: data.DatasetTexts,
            start_time: float) -> dict:
-  """train_and_evaluate's work, in a workdir that this process holds."""
+  """train_and_evaluate's work, in a workdir that this process holds.
+
+  The story of a run: set it up, restore or initialise the replicas, then
+  logging windows of training steps, each possibly followed by an
+  evaluation and a checkpoint, until the last step.
+  """
+  run = _set_up(config, workdir, config_name, mcfg, texts, start_time)
+  ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
+  try:
+    progress = _restore_or_init(run, ckpt)
+    writers = _open_writers(run, progress.step)
+    try:
+      with metric_writers.ensure_flushes(*writers.all):
+        _train_loop(run, progress, ckpt, writers)
+    finally:
+      writers.close()
+  finally:
+    ckpt.close()
+  summary = progress.summary
+  if summary is None:  # Resumed after the last step: nothing left to do.
+    summary = workdir_lib.read_summary(workdir)
+  logging.info('%s', closing_line(summary, workdir))
+  return summary
+
+
+def _set_up(config: Any, workdir: str, config_name: str,
+            mcfg: model_lib.ModelConfig, texts: data.DatasetTexts,
+            start_time: float) -> _Run:
+  """Checks the held workdir, writes config.json, tokenizes, builds steps."""
   cfg = workdir_lib.config_dict(config)
   # Again, now that the workdir is ours: a run that held it meanwhile may
   # have trained there.
@@ -194,17 +261,16 @@ def _train(config: Any, workdir: str, config_name: str,
   spec = mcfg.sharing.to_string()
   seeds = [config.seed + i for i in range(config.num_seeds)]
   optimizer = steps_lib.make_optimizer(config.opt, config.num_train_steps)
-  model = model_lib.make_model(mcfg)
   per_seed = config.data.seed_mode == 'per_seed'
-  steps = steps_lib.SeedSteps(model, optimizer, config.data.max_length,
-                              config.num_seeds, per_seed, config.seed_chunk,
+  steps = steps_lib.SeedSteps(model_lib.make_model(mcfg), optimizer,
+                              config.data.max_length, config.num_seeds,
+                              per_seed, config.seed_chunk,
                               config.steps_per_call)
   layout = steps.layout.describe()
   logging.info('Seeds over devices: %d seeds on %d devices, %d per device, '
                'padded with %d repeated replicas whose results are dropped.',
                config.num_seeds, layout['devices'],
                layout['seeds_per_device'], layout['padding'])
-
   if distributed.is_primary():
     workdir_lib.write_config(workdir, cfg, {
         'config_name': config_name, 'seeds': seeds, 'sharing': spec,
@@ -225,179 +291,230 @@ def _train(config: Any, workdir: str, config_name: str,
   batches = data.TrainBatches(dataset.train, config.batch_size,
                               config.data.data_seed,
                               seeds if per_seed else None)
-  stats_tokens = dataset.test.tokens[:config.stats_examples]
-  heatmap_tokens = dataset.test.tokens[config.heatmap_example]
-  heatmap_pieces = data.pieces(dataset.tokenizer, heatmap_tokens)
+  return _Run(config=config, cfg=cfg, workdir=workdir,
+              config_name=config_name, spec=spec, seeds=seeds, steps=steps,
+              dataset=dataset, batches=batches,
+              params_count=cost.param_counts(mcfg),
+              cost_summary=cost.summary(mcfg), start_time=start_time)
 
-  params_count = cost.param_counts(mcfg)
-  cost_summary = cost.summary(mcfg)
-  keys = steps_lib.seed_keys(seeds)
-  ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
-  history, diverged, wall_before = [], {}, 0.0
+
+def _restore_or_init(run: _Run, ckpt: checkpoint.Checkpointer) -> _Progress:
+  """The latest checkpoint that restores, or freshly initialised replicas."""
+  keys = steps_lib.seed_keys(run.seeds)
   phase_s = dict.fromkeys(PHASES, 0.0)
-  if ckpt.latest_step() is not None:
+  if ckpt.latest_step() is None:
+    state = run.steps.init(keys)
+    history, diverged, wall_before = [], {}, 0.0
+  else:
     try:
-      state, meta = ckpt.restore(steps.restore_target(keys))
+      state, meta = ckpt.restore(run.steps.restore_target(keys))
     except checkpoint.CheckpointError as e:
-      ckpt.close()
       raise ConfigError(str(e)) from e
     history = meta['history']
     diverged = {int(k): v for k, v in meta['diverged'].items()}
     wall_before = meta['wall_time_s']
-    state = steps.pad_state(state)
+    state = run.steps.pad_state(state)
     phase_s.update(meta.get('phase_s', {}))
-  else:
-    state = steps.init(keys)
   # The restored state's own step: the latest checkpoint may not restore.
-  first_step = int(distributed.fetch(state.step)[0])
-  if first_step:
-    logging.info('Resumed %s from step %d.', workdir, first_step)
+  step = int(distributed.fetch(state.step)[0])
+  if step:
+    logging.info('Resumed %s from step %d.', run.workdir, step)
+  return _Progress(state=state, history=history, diverged=diverged,
+                   wall_before=wall_before, phase_s=phase_s, step=step,
+                   start_step=step)
 
-  writers = writers_lib.SeedWriters(workdir, seeds, first_step,
+
+def _open_writers(run: _Run, first_step: int) -> writers_lib.SeedWriters:
+  writers = writers_lib.SeedWriters(run.workdir, run.seeds, first_step,
                                     write=distributed.is_primary())
   if first_step == 0:
-    writers.write_hparams({'sharing': spec, 'num_seeds': config.num_seeds,
+    writers.write_hparams({'sharing': run.spec,
+                           'num_seeds': run.config.num_seeds,
                            **{f'params/{k}': v
-                              for k, v in params_count.items()}})
-  logging.info('Sharing %s; parameters %s; seeds %s.', spec, params_count,
-               seeds)
+                              for k, v in run.params_count.items()}})
+  logging.info('Sharing %s; parameters %s; seeds %s.', run.spec,
+               run.params_count, run.seeds)
+  return writers
 
-  @contextlib.contextmanager
-  def timed(phase):
-    start = time.time()
-    yield
-    phase_s[phase] += time.time() - start
 
-  def write_summary(step, final_attention):
-    value = workdir_lib.summary(
-        config=cfg, config_name=config_name, sharing=spec, seeds=seeds,
-        params=params_count, cost=cost_summary, completed_steps=step,
-        wall_time_s=wall_before + time.time() - start_time, history=history,
-        diverged=diverged, final_attention=final_attention,
-        sparsity_thresholds=_threshold_descriptions(), phase_s=phase_s)
-    value = workdir_lib.jsonable(value)
-    if distributed.is_primary():
-      workdir_lib.write_summary(workdir, value)
-    return value
-
-  evals_left = len(evaluation_steps(config, first_step))
+def _train_loop(run: _Run, progress: _Progress,
+                ckpt: checkpoint.Checkpointer,
+                writers: writers_lib.SeedWriters) -> None:
+  """Logging windows until the last step, evaluating and saving between."""
+  config = run.config
+  evals_left = len(evaluation_steps(config, progress.step))
   # Both splits go to the devices once; batches are gathered there.
-  train_split = steps.put_split(dataset.train)
-  test_split = steps.put_eval_split(dataset.test, config.eval_batch_size)
-  summary, window, window_steps = None, steps.zero_window(), 0
-  window_start = time.time()
-  try:
-    with metric_writers.ensure_flushes(*writers.all):
-      step = first_step
-      while step < config.num_train_steps:
-        # Steps step + 1 .. end in one call, which never crosses the end of
-        # a logging window. Only the rows leave the host: no sync until the
-        # window ends.
-        end = min(step + config.steps_per_call, window_end(config, step))
-        rows = steps.put_rows(np.stack([batches.rows(s)
-                                        for s in range(step, end)]))
-        with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
-          state, window = steps.train_steps(state, window, train_split, rows,
-                                            end - step)
-        window_steps += end - step
-        if step == first_step:  # Says at once that training runs.
-          jax.block_until_ready(window)
-          logging.info('Steps %d-%d took %s, compilation included; progress '
-                       'is logged every %d steps.', step + 1, end,
-                       format_seconds(time.time() - window_start),
-                       config.log_every_steps)
-        step = end
-        last = step == config.num_train_steps
-        evaluates = evaluates_at(config, step)
-        saves = last or step % config.ckpt_every_steps == 0
-        # Every evaluation and checkpoint step also ends a logging window
-        # (window_end), so a resumed run logs the same windows as an
-        # uninterrupted one.
-        if step != window_end(config, step - 1):
-          continue
-        train_S = {k: v / window_steps
-                   for k, v in steps.real(distributed.fetch(window)).items()}
-        seconds = time.time() - window_start
-        phase_s['train'] += seconds
-        flag_nonfinite(train_S['loss'], step, diverged, seeds,
-                        config.halt_on_nonfinite)
-        # A diverged replica's metrics are missing from then on, so every
-        # aggregate over seeds covers the live replicas only.
-        train_S = mask_diverged(train_S, diverged)
-        live = config.num_seeds - len(diverged)
-        examples_per_s = (window_steps * config.batch_size * config.num_seeds
-                          / seconds)
-        with timed('writers'):
-          writers.write_scalars(step, {f'train/{k}': v
-                                       for k, v in train_S.items()})
-          writers.agg.write_scalars(step, {
-              'train/examples_per_sec': examples_per_s,
-              'train/live_replicas': live})
-        evals_done = len(history)
-        eval_s = ((phase_s['eval'] + phase_s['attention_stats']) / evals_done
-                  if evals_done else 0.0)
-        logging.info(
-            'step %d/%d: train loss %.4f (mean over %d of %d seeds), %.2f '
-            'steps/s (%.0f examples/s); ETA %s', step, config.num_train_steps,
-            float(np.nanmean(train_S['loss'])) if live else float('nan'),
-            live, config.num_seeds, window_steps / seconds,
-            examples_per_s, format_seconds(
-                (config.num_train_steps - step) * seconds / window_steps
-                + evals_left * eval_s))
+  train_split = run.steps.put_split(run.dataset.train)
+  test_split = run.steps.put_eval_split(run.dataset.test,
+                                        config.eval_batch_size)
+  while progress.step < config.num_train_steps:
+    train_S = _train_window(run, progress, train_split, writers, evals_left)
+    step = progress.step
+    last = step == config.num_train_steps
+    if evaluates_at(config, step):
+      evals_left -= 1
+      progress.summary = _evaluate(run, progress, test_split, writers,
+                                   train_S, last)
+    if last or step % config.ckpt_every_steps == 0:
+      with progress.timed('checkpoints'):
+        _save(run, progress, ckpt)
 
-        if evaluates:
-          evals_left -= 1
-          with timed('eval'):
-            test_S = steps_lib.evaluate(steps, state.params, test_split)
-          with timed('attention_stats'):
-            stats_S = steps_lib.attention_statistics(
-                steps, state.params, stats_tokens, config.stats_batch_size)
-            maps_SNHTT = _review_maps(steps, state.params, heatmap_tokens,
-                                   data.PAD_ID)
-          test_S = mask_diverged(test_S, diverged)
-          stats_S = mask_diverged(stats_S, diverged)
-          attention_S = _summary_attention(stats_S)
-          layer_S = attn_stats.per_layer(stats_S)
-          history.append({
-              'step': step, 'train_loss': train_S['loss'],
-              **{f'test_{k}': v for k, v in test_S.items()},
-              'attention': {k: layer_S[k]
-                            for k in attn_stats.PER_LAYER_METRICS}})
-          with timed('writers'):
-            writers.write_scalars(step, {f'test/{k}': v
-                                         for k, v in test_S.items()})
-            writers.write_scalars(step, writers_lib.flatten_layers(layer_S))
-            writers.write_scalars(step, writers_lib.flatten_layers(
-                {k: v for k, v in stats_S.items()
-                 if k in attn_stats.HEAD_METRICS}), aggregate=False)
-            if distributed.is_primary():  # Only its writers write.
-              _write_heatmaps(writers, step, maps_SNHTT, heatmap_pieces,
-                              seeds,
-                              dataset.test.labels[config.heatmap_example],
-                              config)
-            if last and distributed.is_primary():
-              # Before the summary that says the run is finished.
-              workdir_lib.write_attention_maps(
-                  workdir, maps_SNHTT, heatmap_pieces,
-                  dataset.test.labels[config.heatmap_example], step)
-          summary = write_summary(step, attention_S)
-        if saves:
-          with timed('checkpoints'):
-            ckpt.save(step, steps.real_state(state), {
-                'seeds': seeds, 'sharing': spec,
-                'history': workdir_lib.jsonable(history), 'diverged': diverged,
-                'wall_time_s': wall_before + time.time() - start_time,
-                'phase_s': phase_s,
-                'config_hash': workdir_lib.config_hash(cfg)})
-        window, window_steps = steps.zero_window(), 0
-        window_start = time.time()
-  finally:
-    ckpt.close()
-    writers.close()
-  if summary is None:  # Resumed after the last step: nothing left to do.
-    summary = workdir_lib.read_summary(workdir)
-  logging.info('%s', closing_line(summary, workdir))
-  return summary
+
+def _train_window(run: _Run, progress: _Progress, train_split: dict,
+                  writers: writers_lib.SeedWriters,
+                  evals_left: int) -> dict[str, np.ndarray]:
+  """Trains to the end of one logging window and logs it; returns its means.
+
+  Every evaluation and checkpoint step also ends a logging window
+  (window_end), so a resumed run logs the same windows as an uninterrupted
+  one.
+  """
+  config, steps = run.config, run.steps
+  first_step, end = progress.step, window_end(config, progress.step)
+  window, window_start = steps.zero_window(), time.time()
+  step = first_step
+  while step < end:
+    call_start = time.time()
+    # The first two calls of a process are one step each (_FIRST_CALLS), so
+    # that the log says at once what compiling and one step cost.
+    first_calls = step - progress.start_step < _FIRST_CALLS
+    call_end = (step + 1 if first_calls
+                else min(step + config.steps_per_call, end))
+    # Only the rows leave the host: no sync until the window ends.
+    rows = steps.put_rows(np.stack([run.batches.rows(s)
+                                    for s in range(step, call_end)]))
+    with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
+      progress.state, window = steps.train_steps(
+          progress.state, window, train_split, rows, call_end - step)
+    if first_calls:
+      jax.block_until_ready(window)
+      progress.first_calls_s.append(time.time() - call_start)
+      _log_first_calls(config, progress)
+    step = call_end
+  progress.step = end
+  window_steps = end - first_step
+  train_S = {k: v / window_steps
+             for k, v in steps.real(distributed.fetch(window)).items()}
+  seconds = time.time() - window_start
+  progress.phase_s['train'] += seconds
+  flag_nonfinite(train_S['loss'], end, progress.diverged, run.seeds,
+                 config.halt_on_nonfinite)
+  # A diverged replica's metrics are missing from then on, so every
+  # aggregate over seeds covers the live replicas only.
+  train_S = mask_diverged(train_S, progress.diverged)
+  live = config.num_seeds - len(progress.diverged)
+  examples_per_s = (window_steps * config.batch_size * config.num_seeds
+                    / seconds)
+  with progress.timed('writers'):
+    writers.write_scalars(end, {f'train/{k}': v for k, v in train_S.items()})
+    writers.agg.write_scalars(end, {'train/examples_per_sec': examples_per_s,
+                                    'train/live_replicas': live})
+  evals_done = len(progress.history)
+  eval_s = ((progress.phase_s['eval'] + progress.phase_s['attention_stats'])
+            / evals_done if evals_done else 0.0)
+  logging.info(
+      'step %d/%d: train loss %.4f (mean over %d of %d seeds), %.2f steps/s '
+      '(%.0f examples/s); ETA %s', end, config.num_train_steps,
+      float(np.nanmean(train_S['loss'])) if live else float('nan'), live,
+      config.num_seeds, window_steps / seconds, examples_per_s,
+      format_seconds((config.num_train_steps - end) * seconds / window_steps
+                     + evals_left * eval_s))
+  return train_S
+
+
+# One-step calls a process starts with: the first compiles the step, the
+# second times it alone.
+_FIRST_CALLS = 2
+
+
+def _log_first_calls(config: Any, progress: _Progress) -> None:
+  """Says what compiling the step and one step took, and what to expect."""
+  first_s = progress.first_calls_s
+  step = progress.start_step + len(first_s)
+  if len(first_s) == 1:
+    logging.info('Step %d took %s, compilation included; progress is logged '
+                 'every %d steps.', step, format_seconds(first_s[0]),
+                 config.log_every_steps)
+    return
+  step_s = first_s[1]
+  logging.info(
+      'Compiled in %s; one step %.3gs. A logging window of %d steps should '
+      'take about %s on this device (the first call of %d steps compiles '
+      'once more).', format_seconds(max(first_s[0] - step_s, 0.0)), step_s,
+      config.log_every_steps,
+      format_seconds(step_s * config.log_every_steps),
+      config.steps_per_call)
+
+
+def _evaluate(run: _Run, progress: _Progress, test_split: dict,
+              writers: writers_lib.SeedWriters, train_S: dict[str, np.ndarray],
+              last: bool) -> dict:
+  """Test metrics and attention statistics, written out; returns the summary.
+
+  The last evaluation also writes the attention maps, before the summary
+  that says the run is finished.
+  """
+  config, steps, step = run.config, run.steps, progress.step
+  params = progress.state.params
+  test, review = run.dataset.test, config.heatmap_example
+  with progress.timed('eval'):
+    test_S = steps_lib.evaluate(steps, params, test_split)
+  with progress.timed('attention_stats'):
+    stats_S = steps_lib.attention_statistics(
+        steps, params, test.tokens[:config.stats_examples],
+        config.stats_batch_size)
+    maps_SNHTT = _review_maps(steps, params, test.tokens[review],
+                              data.PAD_ID)
+  test_S = mask_diverged(test_S, progress.diverged)
+  stats_S = mask_diverged(stats_S, progress.diverged)
+  layer_S = attn_stats.per_layer(stats_S)
+  progress.history.append({
+      'step': step, 'train_loss': train_S['loss'],
+      **{f'test_{k}': v for k, v in test_S.items()},
+      'attention': {k: layer_S[k] for k in attn_stats.PER_LAYER_METRICS}})
+  pieces = data.pieces(run.dataset.tokenizer, test.tokens[review])
+  label = test.labels[review]
+  with progress.timed('writers'):
+    writers.write_scalars(step, {f'test/{k}': v for k, v in test_S.items()})
+    writers.write_scalars(step, writers_lib.flatten_layers(layer_S))
+    writers.write_scalars(step, writers_lib.flatten_layers(
+        {k: v for k, v in stats_S.items() if k in attn_stats.HEAD_METRICS}),
+                          aggregate=False)
+    if distributed.is_primary():  # Only its writers write.
+      _write_heatmaps(writers, step, maps_SNHTT, pieces, run.seeds, label,
+                      config)
+    if last and distributed.is_primary():
+      workdir_lib.write_attention_maps(run.workdir, maps_SNHTT, pieces,
+                                       label, step)
+  return _write_summary(run, progress, _summary_attention(stats_S))
+
+
+def _write_summary(run: _Run, progress: _Progress,
+                   final_attention: dict) -> dict:
+  value = workdir_lib.jsonable(workdir_lib.summary(
+      config=run.cfg, config_name=run.config_name, sharing=run.spec,
+      seeds=run.seeds, params=run.params_count, cost=run.cost_summary,
+      completed_steps=progress.step,
+      wall_time_s=progress.wall_before + time.time() - run.start_time,
+      history=progress.history, diverged=progress.diverged,
+      final_attention=final_attention,
+      sparsity_thresholds=_threshold_descriptions(),
+      phase_s=progress.phase_s))
+  if distributed.is_primary():
+    workdir_lib.write_summary(run.workdir, value)
+  return value
+
+
+def _save(run: _Run, progress: _Progress,
+          ckpt: checkpoint.Checkpointer) -> None:
+  """A checkpoint of the real replicas, with the history to resume from."""
+  ckpt.save(progress.step, run.steps.real_state(progress.state), {
+      'seeds': run.seeds, 'sharing': run.spec,
+      'history': workdir_lib.jsonable(progress.history),
+      'diverged': progress.diverged,
+      'wall_time_s': progress.wall_before + time.time() - run.start_time,
+      'phase_s': progress.phase_s,
+      'config_hash': workdir_lib.config_hash(run.cfg)})
 
 
 def format_seconds(seconds: float) -> str:
