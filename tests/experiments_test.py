@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_full_mode_estimates_then_runs_both_regimes_at_full_size(tmp_path):
 
 def _benchmark(*args):
   result = subprocess.run(
-      ['python', 'experiments/seed_throughput.py',
+      [sys.executable, 'experiments/seed_throughput.py',
        '--config=configs/kv_share.py:tiny', '--steps=2', '--matmul_size=64',
        *args], cwd=ROOT, capture_output=True, text=True, check=True,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
