@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats import power as sm_power
 
+from jax_attnshare import attn_stats
 from jax_attnshare.report import build
 from jax_attnshare.report import claims
 from jax_attnshare.report import planning
@@ -72,6 +73,14 @@ class FamilyTest(absltest.TestCase):
     self.assertEqual(kqv[0].experiments, (1, 2))
     for claim in claims.CLAIMS:
       self.assertAlmostEqual(sum(w for _, w in claim.weights), 0.0)
+
+  def test_declared_metrics_are_length_invariant_and_recorded(self):
+    self.assertEqual({c.metric for c in claims.CLAIMS},
+                     {'entropy_norm', 'sparsity_rel_0.1', 'head_correlation',
+                      'test_accuracy'})
+    # Training records the declared sparsity: weight < 0.1 / n.
+    self.assertIn(('rel_0.1', 'relative', 0.1),
+                  attn_stats.SPARSITY_THRESHOLDS)
 
   def test_each_experiments_accuracy_quote_is_its_own(self):
     (one, _, text1), (two, _, text2) = claims.EVERY_CONDITION
@@ -176,6 +185,14 @@ class VerdictTest(absltest.TestCase):
     got = _evaluate(_final(conditions=EXP1))
     self.assertEqual(got.loc['k_entropy', 'verdict'], claims.NOT_RUN)
     self.assertEqual(got.loc['k_entropy', 'note'], 'no run of k')
+
+  def test_runs_without_a_declared_metric_do_not_test_its_claims(self):
+    final = _final()
+    got = _evaluate(final[final['metric'] != ENTROPY])
+    self.assertEqual(got.loc['k_entropy', 'verdict'], claims.NOT_RUN)
+    self.assertEqual(got.loc['k_entropy', 'note'],
+                     'these runs record no entropy_norm')
+    self.assertNotEqual(got.loc['k_sparsity', 'verdict'], claims.NOT_RUN)
 
   def test_extra_runs_change_no_verdict(self):
     final = _final(shift={('k', ENTROPY): 0.03, ('kq', HEAD): 0.02})

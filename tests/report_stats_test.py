@@ -291,6 +291,11 @@ class TableTest(absltest.TestCase):
     self.assertTrue(hist.loc[hist['layer'].isna(), 'value'].isna().all())
     self.assertEqual(set(final['step']), {20})
 
+  def test_no_power_at_the_observed_effect(self):
+    # Power at an observed effect restates its p: planning.py computes
+    # power before the data instead.
+    self.assertFalse({'power', 'n_needed'} & set(report_stats.STAT_COLUMNS))
+
   def test_analyze_holm_per_metric_and_baseline_first(self):
     rng = np.random.default_rng(0)
     tidy = report_stats.tidy_table({

@@ -269,6 +269,9 @@ def _test(claim: Claim, final: pd.DataFrame, conditions: Sequence[str],
     return dict(verdict=NOT_RUN, p=math.nan,
                 note=f'no run of {", ".join(absent)}')
   values = _values(final, claim.metric)
+  if values.empty:
+    return dict(verdict=NOT_RUN, p=math.nan,
+                note=f'these runs record no {claim.metric}')
   dead = [c for c, _ in claim.weights if c not in values]
   if dead:
     return dict(verdict=TOO_FEW, p=math.nan,
