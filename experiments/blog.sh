@@ -13,14 +13,16 @@
 # OUT/clean/... and OUT/blog/..., after printing the expected training time
 # measured by experiments/seed_throughput.py on this machine; compare the
 # regimes' claims with
-#   python -m jax_attnshare.report --runs OUT/blog/exp2 \
-#       --compare_runs OUT/clean/exp2 --out OUT/exp2_report
+#   python -m jax_attnshare.report --runs OUT/blog \
+#       --compare_runs OUT/clean --out OUT/report
 #
 # Experiment 1 compares none, kv, kq, qv, kqv; experiment 2 none, k, q, v, kqv.
 # Each condition trains once into OUT/<condition> (rerunning resumes or skips
-# finished runs); OUT/exp1 and OUT/exp2 link to the conditions they compare,
-# so each can be analysed on its own:
-#   python -m jax_attnshare.report --runs OUT/exp1 --out OUT/exp1_report
+# finished runs), so OUT holds all 8 and its report tests the whole family of
+# the blog's claims (docs/statistics.md):
+#   python -m jax_attnshare.report --runs OUT --out OUT_report
+# OUT/exp1 and OUT/exp2 link to the conditions each experiment compares; a
+# report on one of them leaves the other's claims untested.
 # Each replica draws its own data order (seed_mode=per_seed), so conclusions
 # generalise over data order; SEED_MODE=shared pairs the conditions on one
 # data order instead (the report then says its comparisons are conditional
@@ -66,5 +68,5 @@ for experiment in "${experiments[@]}"; do
       --workdir="$out/$condition" --config.data.seed_mode="$seed_mode"
     run ln -sfn "../$condition" "$out/$experiment/$condition"
   done
-  echo "Analyse with: python -m jax_attnshare.report --runs $out/$experiment --out $out/${experiment}_report"
 done
+echo "Analyse with: python -m jax_attnshare.report --runs $out --out ${out}_report"

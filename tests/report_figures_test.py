@@ -12,6 +12,7 @@ from matplotlib import pyplot as plt
 import numpy as np
 import pandas as pd
 
+from jax_attnshare.report import claims
 from jax_attnshare.report import figures
 
 
@@ -129,6 +130,44 @@ class FiguresTest(absltest.TestCase):
         figures.metric_label('sparsity_all_tokens_rel_1',
                              {'rel_1': 'weight < 1/n'}),
         'sparsity over all tokens (weight < 1/n, n = T)')
+
+
+  def test_forest_marks_the_blog_and_the_margins(self):
+    frame = pd.DataFrame([dict(key=c.key, d=np.nan, d_ci_low=np.nan,
+                               d_ci_high=np.nan, estimate=np.nan,
+                               ci_low=np.nan, ci_high=np.nan)
+                          for c in claims.CLAIMS]).set_index('key')
+    frame.loc['k_entropy', ['d', 'd_ci_low', 'd_ci_high']] = 1.0, 0.2, 1.8
+    frame.loc['accuracy_q', ['estimate', 'ci_low', 'ci_high']] = (
+        0.002, -0.004, 0.008)
+    sets = [('blog', frame.reset_index()), ('clean', frame.reset_index())]
+    with mock.patch.object(mpl_figure.Figure, 'savefig',
+                           autospec=True) as save:
+      figures.forest(sets, claims.Margins(), self.dir / 'forest.png')
+    left, right = save.call_args.args[0].axes
+    n_attention = sum(c.quantity != 'accuracy' for c in claims.CLAIMS)
+    self.assertLen(left.get_yticklabels(), n_attention)
+    # One interval per set for the one tested claim on each side.
+    self.assertLen(left.containers, 2)
+    self.assertLen(right.containers, 2)
+    (bar, _) = right.containers
+    self.assertAlmostEqual(bar.lines[0].get_xdata()[0], 0.2)  # points
+    blog_k = claims.BlogEffect(t=5.374).d
+    marks = [o for c in left.collections
+             if not isinstance(c, mpl_collections.PolyCollection)
+             for o in c.get_offsets()]
+    self.assertTrue(any(abs(x - blog_k) < 1e-9 for x, _ in marks))
+    # The margins: a band per no-effect claim (+/-1 d; +/-1 point).
+    bands = [c for c in left.collections
+             if isinstance(c, mpl_collections.PolyCollection)]
+    self.assertLen(bands, sum(not c.direction and c.quantity != 'accuracy'
+                              for c in claims.CLAIMS))
+    xs = bands[0].get_paths()[0].vertices[:, 0]
+    self.assertEqual((xs.min(), xs.max()), (-1.0, 1.0))
+    (band, *_) = [c for c in right.collections
+                  if isinstance(c, mpl_collections.PolyCollection)]
+    xs = band.get_paths()[0].vertices[:, 0]
+    self.assertEqual((xs.min(), xs.max()), (-1.0, 1.0))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """Tests for the report command and run loading, on synthetic run folders."""
 
+import contextlib
+import io
 import json
 import pathlib
 import subprocess
@@ -11,10 +13,11 @@ from absl.testing import absltest
 import numpy as np
 import pandas as pd
 
-from jax_attnshare.report import stats
 from jax_attnshare.report import build
 from jax_attnshare.report import figures
+from jax_attnshare.report import markdown
 from jax_attnshare.report import runs
+from jax_attnshare.report import stats
 
 NUM_LAYERS, NUM_HEADS, NUM_TOKENS = 3, 2, 10
 SEEDS = (0, 1, 2, 3, 4)
@@ -22,16 +25,22 @@ PIECES = ['▁a', '▁good', '▁film', ',', '▁really', '▁fun', '▁to', '�
 
 
 def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
+              accuracy: float = 0.8, head: float = 0.1, sparsity: float = 0.2,
               seeds=SEEDS, fingerprint: str = 'f00d', finished: bool = True,
               diverged=(), sample_seed: int = 0, sharing: str = '',
               maps: bool = True, eval_steps=(50, 100),
-              dataset: str = 'synthetic') -> pathlib.Path:
-  """A workdir whose per-layer metrics are drawn from known normals."""
+              dataset: str = 'synthetic',
+              regime: str = 'clean') -> pathlib.Path:
+  """A workdir whose per-layer metrics are drawn from known normals.
+
+  Means: entropy (nats; entropy_norm is it / ln 10), accuracy, head
+  (head_correlation), sparsity (every sparsity_*); SDs are fixed.
+  """
   rng = np.random.default_rng(sample_seed)
   workdir = root / condition
   workdir.mkdir(parents=True)
   config = dict(name=condition, seed=seeds[0], num_seeds=len(seeds),
-                num_train_steps=100, batch_size=8,
+                num_train_steps=100, batch_size=8, regime=regime,
                 model=dict(num_layers=NUM_LAYERS, num_heads=NUM_HEADS),
                 sharing=dict(spec=sharing),
                 data=dict(dataset=dataset, max_length=NUM_TOKENS,
@@ -48,9 +57,9 @@ def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
     js = np.abs(draw(0.1, 0.02, (NUM_LAYERS, NUM_LAYERS)))
     attention = dict(
         entropy=ent, entropy_norm=(np.array(ent) / np.log(10)).tolist(),
-        **{f'sparsity_{k}': draw(0.2, 0.02, NUM_LAYERS)
-           for k in ('abs_0.01', 'rel_1')},
-        head_correlation=draw(0.1, 0.02, NUM_LAYERS),
+        **{f'sparsity_{k}': draw(sparsity, 0.02, NUM_LAYERS)
+           for k in ('abs_0.01', 'rel_0.1', 'rel_1')},
+        head_correlation=draw(head, 0.02, NUM_LAYERS),
         head_specialization=draw(0.9, 0.02, NUM_LAYERS),
         js_adjacent=draw(0.05, 0.01, NUM_LAYERS - 1),
         entropy_per_head=draw(2.7, 0.05, (NUM_LAYERS, NUM_HEADS)),
@@ -60,7 +69,7 @@ def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
                    for k, v in attention.items()}
     per_seed.append(dict(
         seed=seed, diverged=gone, diverged_at_step=50 if gone else None,
-        test_accuracy=None if gone else draw(0.8, 0.01, ()),
+        test_accuracy=None if gone else draw(accuracy, 0.01, ()),
         test_loss=None if gone else draw(0.45, 0.02, ()),
         attention=attention))
   history = [dict(step=step, train_loss=draw(0.6, 0.02, len(seeds)),
@@ -76,6 +85,7 @@ def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
       completed_steps=100 if finished else 50, finished=finished,
       wall_time_s=12.5, num_layers=NUM_LAYERS, num_heads=NUM_HEADS,
       sparsity_thresholds={'abs_0.01': 'weight < 0.01',
+                           'rel_0.1': 'weight < 0.1/n',
                            'rel_1': 'weight < 1/n'},
       params=dict(total=1000, attention=300, embeddings=500, shared=0),
       per_seed=per_seed, history=history)
@@ -87,6 +97,21 @@ def write_run(root: pathlib.Path, condition: str, *, entropy: float = 2.7,
              probs=probs / probs.sum(-1, keepdims=True),
              pieces=np.array(PIECES), label=1, step=100)
   return workdir
+
+
+def cli_error(args) -> str:
+  """build.main's stderr for arguments it must refuse; asserts exit 2."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    try:
+      build.main([str(a) for a in args])
+    except SystemExit as e:
+      assert e.code == 2, e.code
+    else:
+      raise AssertionError(f'accepted: {args}')
+  lines = err.getvalue().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines
+  return lines[0]
 
 
 def standard_runs(root: pathlib.Path) -> None:
@@ -131,7 +156,10 @@ class AnalyzeTest(absltest.TestCase):
     text = (self.out / 'report.md').read_text()
     self.assertIn('`k` (sharing `key@all`) raises mean attention entropy by',
                   text)
-    self.assertIn('Test accuracy does not differ detectably', text)
+    # A non-significant omnibus test is not "the same".
+    self.assertNotIn('does not differ', text)
+    self.assertIn("Whether it is the same is for the accuracy claims' "
+                  'equivalence tests', text)
     for name in expected[5:]:
       self.assertIn(f']({name})', text)
     summary = pd.read_csv(self.out / 'summary_table.csv')
@@ -197,26 +225,110 @@ class AnalyzeTest(absltest.TestCase):
     self.assertEqual(draw.call_args_list[0].args[1], PIECES)
 
   def test_empty_folder_is_an_error(self):
-    with self.assertRaisesRegex(SystemExit, 'no summary.json under'):
-      build.main(['--runs', str(self.root), '--out', str(self.out)])
+    self.assertIn('no summary.json under',
+                  cli_error(['--runs', self.root, '--out', self.out]))
 
   def test_missing_folder_is_an_error(self):
-    with self.assertRaisesRegex(SystemExit, 'is not a folder'):
-      build.main(['--runs', str(self.root / 'x'), '--out', str(self.out)])
+    self.assertIn('is not a folder',
+                  cli_error(['--runs', self.root / 'x', '--out', self.out]))
 
   def test_partial_run_is_an_error(self):
     write_run(self.root, 'none')
     (self.root / 'kv').mkdir()
     (self.root / 'kv' / 'config.json').write_text('{}')
-    with self.assertRaisesRegex(SystemExit, 'kv has config.json but no '
-                                'summary.json'):
-      build.main(['--runs', str(self.root), '--out', str(self.out)])
+    self.assertIn('kv has config.json but no summary.json',
+                  cli_error(['--runs', self.root, '--out', self.out]))
 
   def test_missing_baseline_is_an_error(self):
     write_run(self.root, 'kv')
-    with self.assertRaisesRegex(SystemExit, "baseline condition 'none' not "
-                                'found.*found: kv'):
-      build.main(['--runs', str(self.root), '--out', str(self.out)])
+    self.assertRegex(cli_error(['--runs', self.root, '--out', self.out]),
+                     "baseline condition 'none' not found.*found: kv")
+
+  def test_a_baseline_without_live_seeds_is_an_error(self):
+    write_run(self.root, 'none', maps=False)
+    write_run(self.root, 'k', diverged=SEEDS, maps=False)
+    self.assertIn('has no live seed (all 5 replicas diverged)',
+                  cli_error(['--runs', self.root, '--out', self.out,
+                             '--baseline', 'k']))
+    self.assertFalse(self.out.exists())
+
+  def test_bad_arguments_are_one_line_errors(self):
+    write_run(self.root / 'runs', 'none', maps=False)
+    runs_dir = self.root / 'runs'
+    for alpha in ('2', '0', '-0.1', '1'):
+      self.assertIn(f'--alpha={float(alpha)} is outside (0, 1)', cli_error(
+          ['--runs', runs_dir, '--out', self.out, f'--alpha={alpha}']))
+    self.assertIn('argument --alpha: invalid float value', cli_error(
+        ['--runs', runs_dir, '--out', self.out, '--alpha=x']))
+    self.assertIn('--accuracy_margin=0.0 is outside (0, 1)', cli_error(
+        ['--runs', runs_dir, '--out', self.out, '--accuracy_margin=0']))
+    self.assertIn('--effect_margin=-1.0 must be positive', cli_error(
+        ['--runs', runs_dir, '--out', self.out, '--effect_margin=-1']))
+    a_file = self.root / 'file'
+    a_file.write_text('x')
+    self.assertIn(f'--out {a_file} is a file', cli_error(
+        ['--runs', runs_dir, '--out', a_file]))
+    # A folder that is not a report would be replaced: refused.
+    self.assertIn(f'--out {runs_dir} holds files but no report.md',
+                  cli_error(['--runs', runs_dir, '--out', runs_dir]))
+    self.assertEqual(a_file.read_text(), 'x')
+    self.assertFalse(self.out.exists())
+
+  # Figures cost most of a build and play no part in the swap.
+  @mock.patch.object(build, '_figures', return_value=[])
+  def test_a_report_killed_mid_write_leaves_the_old_one_whole(self, _):
+    for condition in ('none', 'kv'):
+      write_run(self.root / 'old', condition, maps=False, eval_steps=(100,))
+    build.run_analysis(self.root / 'old', self.out)
+    old = {p.name: p.read_bytes() for p in self.out.iterdir()}
+    write_run(self.root / 'new', 'none', accuracy=0.5, maps=False,
+              eval_steps=(100,))
+    write_run(self.root / 'new', 'q', maps=False, eval_steps=(100,))
+    with mock.patch.object(markdown, 'write_report',
+                           side_effect=KeyboardInterrupt):
+      with self.assertRaises(KeyboardInterrupt):
+        build.run_analysis(self.root / 'new', self.out)
+    self.assertEqual({p.name: p.read_bytes() for p in self.out.iterdir()},
+                     old)
+    self.assertEqual(sorted(p.name for p in self.root.iterdir()),
+                     ['new', 'old', 'report'])
+    # Rebuilt, the folder holds the new runs' files only.
+    build.run_analysis(self.root / 'new', self.out)
+    self.assertNotIn('| `kv` | `kv` |', (self.out / 'report.md').read_text())
+    self.assertIn('| `q` | `q` |', (self.out / 'report.md').read_text())
+    self.assertEqual(set(pd.read_csv(self.out / 'tidy.csv')['condition']),
+                     {'none', 'q'})
+
+  def test_all_eight_conditions_beside_five(self):
+    conditions = ('none', 'k', 'q', 'v', 'kv', 'kq', 'qv', 'kqv')
+    for i, c in enumerate(conditions):
+      write_run(self.root / 'all', c, sample_seed=i, maps=False,
+                entropy=3.0 if 'k' in c else 2.7, eval_steps=(100,))
+    (self.root / 'exp1').mkdir()
+    for c in ('none', 'kv', 'kq', 'qv', 'kqv'):
+      (self.root / 'exp1' / c).symlink_to(self.root / 'all' / c)
+    # blog.sh links exp1/ and exp2/ inside the folder of all conditions.
+    (self.root / 'all' / 'exp1').symlink_to(self.root / 'exp1')
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+      self.assertEqual(build.main(['--runs', str(self.root / 'all'), '--out',
+                                   str(self.out), '--compare_runs',
+                                   str(self.root / 'exp1')]), 0)
+    self.assertEqual(stdout.getvalue().strip(), str(self.out / 'report.md'))
+    text = (self.out / 'report.md').read_text()
+    self.assertIn('Design: **paired by seed**', text)
+    self.assertNotIn('this folder lacks', text)
+    factorial = pd.read_csv(self.out / 'factorial.csv')
+    self.assertLen(factorial, 7 * 4)
+    k = factorial[(factorial['metric'] == 'entropy_norm')
+                  & (factorial['term'] == 'K')].iloc[0]
+    self.assertAlmostEqual(k['estimate'], 0.3 / np.log(10), delta=0.02)
+    frame = pd.read_csv(self.out / 'claims.csv')
+    self.assertEqual(len(frame), 2 * 25)
+    both = frame.pivot(index='key', columns='runs', values='verdict')
+    exp1 = both[str(self.root / 'exp1')]
+    self.assertEqual(exp1['k_entropy'], 'not run')
+    self.assertEqual(both['clean']['k_entropy'], 'supported')
 
   def test_mismatched_runs_excluded_and_diverged_replicas_left_out(self):
     write_run(self.root, 'none')

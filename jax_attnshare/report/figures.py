@@ -6,12 +6,15 @@ jax_attnshare.plotting). Suffixes: S seeds, N layers, H heads, T tokens.
 
 from collections.abc import Mapping, Sequence
 import pathlib
+import textwrap
 
 import matplotlib
+from matplotlib import figure as mpl_figure
 import numpy as np
 import pandas as pd
 
 from jax_attnshare import plotting
+from jax_attnshare.report import claims as claims_lib
 from jax_attnshare.report import stats
 
 
@@ -184,4 +187,72 @@ def js_matrices(mats: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
   fig.colorbar(image, ax=list(axes), shrink=0.8,
                label='JS divergence [nats]')
   fig.suptitle('Attention JS divergence between layers (mean over seeds)')
+  fig.savefig(path, dpi=plotting.DPI)
+
+
+def _forest_panel(ax, claims: Sequence[claims_lib.Claim],
+                  evaluated: Sequence[tuple[str, pd.DataFrame]],
+                  columns: tuple[str, str, str], margin: float,
+                  scale: float) -> None:
+  """One row per claim, one dodged interval per set of runs."""
+  y = np.arange(len(claims))[::-1]
+  colors = _colors([label for label, _ in evaluated])
+  for yi, claim in zip(y, claims):
+    if not claim.direction:
+      ax.fill_betweenx([yi - 0.4, yi + 0.4], -margin * scale, margin * scale,
+                       color='0.88', linewidth=0, zorder=0)
+    elif claim.blog_effect.d_min > 0:
+      point = np.isfinite(claim.blog_effect.d)
+      ax.scatter([claim.direction * claim.blog_effect.d_min], [yi],
+                 marker='x' if point else ('>' if claim.direction > 0
+                                           else '<'),
+                 color='black', zorder=4, s=40,
+                 label="the blog's d" if point else "the blog's bound on d")
+  for i, (label, frame) in enumerate(evaluated):
+    rows = frame.set_index('key')
+    dodge = 0.3 * (i - (len(evaluated) - 1) / 2) / max(len(evaluated), 1)
+    for yi, claim in zip(y, claims):
+      mid, lo, hi = (rows.loc[claim.key, c] for c in columns)
+      if not np.isfinite(mid):
+        continue
+      ax.errorbar([mid * scale], [yi + dodge],
+                  xerr=[[(mid - lo) * scale], [(hi - mid) * scale]],
+                  color=colors[label], marker='o', capsize=3, label=label)
+  ax.axvline(0, color='0.3', linewidth=0.8)
+  ax.set_yticks(y, [textwrap.shorten(c.text, 60, placeholder='...')
+                    for c in claims])
+  ax.set_ylim(-0.6, len(claims) - 0.4)
+  ax.grid(axis='x', alpha=0.3)
+
+
+def forest(evaluated: Sequence[tuple[str, pd.DataFrame]],
+           margins: claims_lib.Margins, path: pathlib.Path) -> None:
+  """The claims' effects with their adjusted intervals, sets side by side.
+
+  evaluated: [(label, claims.evaluate(...))]. Left: d for the attention
+  claims, the blog's d (x; a triangle where it gives only a bound) and the
+  no-effect margin (grey). Right: the accuracy differences in points
+  against the accuracy margin.
+  """
+  attention = [c for c in claims_lib.CLAIMS if c.quantity != 'accuracy']
+  accuracy = [c for c in claims_lib.CLAIMS if c.quantity == 'accuracy']
+  fig = mpl_figure.Figure(figsize=(14, 0.42 * len(attention) + 1.5),
+                          layout='constrained')
+  left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+  _forest_panel(left, attention, evaluated, ('d', 'd_ci_low', 'd_ci_high'),
+                margins.d, 1.0)
+  left.set(xlabel="standardised effect d (paired: per-seed SD), adjusted "
+           "interval", title='Attention claims vs none')
+  _forest_panel(right, accuracy, evaluated,
+                ('estimate', 'ci_low', 'ci_high'), margins.accuracy, 100.0)
+  right.set(xlabel='accuracy difference [points], TOST interval',
+            title=f'Accuracy vs none: margin +/-{margins.accuracy * 100:g} '
+            'points (grey)')
+  handles = {}
+  for ax in (left, right):
+    handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+  fig.legend(handles.values(), handles.keys(), loc='outside lower center',
+             ncols=len(handles))
+  fig.suptitle('The blog\'s claims: effects with Bonferroni-adjusted '
+               'intervals')
   fig.savefig(path, dpi=plotting.DPI)

@@ -105,6 +105,11 @@ def select(runs: Sequence[Run],
     raise RunsError(f'baseline run {base.path} is unfinished '
                     f'({base.summary.get("completed_steps")} of '
                     f'{base.summary.get("num_train_steps")} steps)')
+  if len(base.diverged_seeds) == len(base.summary['per_seed']):
+    raise RunsError(f'baseline run {base.path} has no live seed (all '
+                    f'{len(base.diverged_seeds)} replicas diverged): nothing '
+                    'can be compared with it; pass another --baseline=... '
+                    'or rerun it')
   included, excluded = [base], []
   for run in runs:
     if run is base:
