@@ -13,17 +13,18 @@ tested for equivalence within a margin).
 The family (see docs/statistics.md):
 * Each claim has one p-value: the two-sided t-test's for a direction, the
   TOST's for no effect (accuracy: |difference| < Margins.accuracy; the rest:
-  |d| < Margins.d). Holm corrects them together over all FAMILY_SIZE claims;
-  a claim that cannot be tested here (conditions absent, < 2 live seeds)
-  counts as p = 1. Runs outside the family therefore never change a
-  verdict; adding the runs of more claims can only lower the others' Holm
-  p-values, so a partial folder's verdicts are never more liberal.
+  |d| < Margins.d). Bonferroni corrects them together over all FAMILY_SIZE
+  claims (p_family = min(1, m p)), which keeps the familywise error rate at
+  alpha whatever the folder holds. Not Holm: Holm's adjusted p of a claim
+  depends on the other claims' p-values, so adding the runs of one claim
+  could change another's verdict, and Holm can reject where the claim's
+  simultaneous interval still touches 0. With Bonferroni a verdict depends
+  only on the claim's own conditions, and agrees with its interval.
 * Intervals are Bonferroni-adjusted, the simultaneous intervals that go
   with a familywise alpha: 1 - alpha/m for directions, 1 - 2 alpha/m for
   no-effect claims (the TOST's interval; 90% when m = 1 and alpha = 0.05).
-  Holm can reject where such an interval still touches 0.
-* Verdict: supported / opposite effect (Holm p < alpha, by the sign) / not
-  shown, or equivalent (Holm p < alpha) / differs (the interval lies
+* Verdict: supported / opposite effect (p_family < alpha, by the sign) /
+  not shown, or equivalent (p_family < alpha) / differs (the interval lies
   beyond the margin) / inconclusive.
 * Against the blog: its d on this scale (BlogEffect). Inconsistent with the
   blog when the interval lies below the blog's d in the claimed direction
@@ -240,7 +241,7 @@ EVERY_CONDITION = (
 CLAIM_COLUMNS = (
     'key', 'claim', 'experiments', 'contrast', 'metric', 'direction', 'blog',
     'blog_d', 'blog_d_min', 'n', 'estimate', 'ci_level', 'ci_low', 'ci_high',
-    'd', 'd_ci_low', 'd_ci_high', 'margin', 'rho', 'p', 'p_holm', 'verdict',
+    'd', 'd_ci_low', 'd_ci_high', 'margin', 'rho', 'p', 'p_family', 'verdict',
     'vs_blog', 'note')
 
 
@@ -295,8 +296,8 @@ def _test(claim: Claim, final: pd.DataFrame, conditions: Sequence[str],
 
 
 def _verdicts(row: dict[str, Any], claim: Claim, alpha: float) -> None:
-  """Fills verdict and vs_blog of a tested row from p_holm and intervals."""
-  significant = row['p_holm'] < alpha
+  """Fills verdict and vs_blog of a tested row from p_family and intervals."""
+  significant = row['p_family'] < alpha
   if claim.direction:
     if significant:
       same = math.copysign(1, row['estimate']) == claim.direction
@@ -347,11 +348,9 @@ def evaluate(final: pd.DataFrame, conditions: Sequence[str], design: str,
         margin=_margin(claim, margins), vs_blog='')
     row.update(_test(claim, final, conditions, design, alpha, margins))
     rows.append(row)
-  # An untested claim keeps its place in the family with p = 1.
-  p_holm = stats.holm([r['p'] if math.isfinite(r['p']) else 1.0
-                       for r in rows])
-  for claim, row, p in zip(CLAIMS, rows, p_holm):
-    row['p_holm'] = p if math.isfinite(row['p']) else math.nan
+  for claim, row in zip(CLAIMS, rows):
+    row['p_family'] = (min(1.0, FAMILY_SIZE * row['p'])
+                       if math.isfinite(row['p']) else math.nan)
     if not row['verdict']:
       _verdicts(row, claim, alpha)
   return pd.DataFrame(rows, columns=CLAIM_COLUMNS)

@@ -266,10 +266,10 @@ def _findings(table: pd.DataFrame, omni: pd.DataFrame, baseline: str,
 
 _VERDICT_WORDS = f"""\
 How a verdict is read: a direction is **{claims_lib.SUPPORTED}** (or
-{claims_lib.OPPOSITE}) when its Holm-adjusted p is below alpha, and
+{claims_lib.OPPOSITE}) when its family-adjusted p is below alpha, and
 {claims_lib.NOT_SHOWN} otherwise, which says nothing about whether the
 effect exists. A no-effect claim is **{claims_lib.EQUIVALENT}** when its
-TOST is significant after Holm (the effect is within the margin),
+TOST is significant after the correction (the effect is within the margin),
 {claims_lib.DIFFERS} when its interval lies beyond the margin, and
 {claims_lib.INCONCLUSIVE} otherwise. Against the blog: {claims_lib.INCONSISTENT}
 when the interval lies below the blog's d in the claimed direction (a
@@ -317,12 +317,11 @@ def _family_note(alpha: float, design: str) -> str:
             if design == 'paired' else '')
   return (
       f'**One declared family**: the {m} claims below, fixed in the code '
-      f'(`jax_attnshare/report/claims.py`), Holm-corrected together at '
-      f'alpha = {alpha:g} whatever this folder holds. A claim that cannot '
-      'be tested here counts as p = 1: runs outside the family never '
-      'change a verdict, and a folder with fewer of the family\'s '
-      'conditions is never more liberal than the complete one. Intervals '
-      f'are Bonferroni-adjusted: {100 * (1 - alpha / m):.2f}% for '
+      f'(`jax_attnshare/report/claims.py`), Bonferroni-corrected together '
+      f'at alpha = {alpha:g} (p_family = min(1, {m} p)) whatever this '
+      'folder holds: a verdict depends only on the claim\'s own '
+      'conditions, so other runs in the folder never change it. Intervals '
+      f'are adjusted alike: {100 * (1 - alpha / m):.2f}% for '
       f'directions, {100 * (1 - 2 * alpha / m):.2f}% for no-effect claims '
       '(the TOST interval, drawn against the margin). Everything outside '
       'this section and the next is exploratory.' + paired)
@@ -335,9 +334,10 @@ def _effect(r: pd.Series) -> str:
   if r['metric'] == claims_lib.PRIMARY_METRICS['accuracy']:
     return (f'{100 * r["estimate"]:+.2f} points [{100 * r["ci_low"]:+.2f}, '
             f'{100 * r["ci_high"]:+.2f}] vs +/-{100 * r["margin"]:g}; '
-            f'{_p(r["p_holm"], "p_holm")}')
+            f'{_p(r["p_family"], "p_family")}')
   margin = f' vs +/-{r["margin"]:g}' if r['direction'] == 0 else ''
-  return (f'{r["estimate"]:+.3g}; {d}{margin}; {_p(r["p_holm"], "p_holm")}')
+  return (f'{r["estimate"]:+.3g}; {d}{margin}; '
+          f'{_p(r["p_family"], "p_family")}')
 
 
 def _blog_d(r: pd.Series) -> str:
@@ -454,7 +454,7 @@ def _planning(mde: pd.DataFrame, seeds: Sequence[int], alpha: float,
   return [
       'Computed from the number of seeds, the design '
       f'({design}), the family\'s level alpha/m = {alpha:g}/'
-      f'{claims_lib.FAMILY_SIZE} (Holm\'s first step) and a target power of '
+      f'{claims_lib.FAMILY_SIZE} (Bonferroni) and a target power of '
       f'{planning.TARGET_POWER:g}, before and without the data. A '
       'direction\'s MDE is the smallest |d| detected with that power; its '
       'power is at the blog\'s d (not at the observed effect, which would '

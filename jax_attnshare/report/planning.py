@@ -8,8 +8,8 @@ w over n seeds per condition is d * sqrt(n / sum w^2), its df is n - 1
 (paired) or k (n - 1) for k conditions (independent). Paired figures
 assume seeds share no variance across conditions; a correlation rho > 0
 makes the paired design more sensitive by a factor 1 / sqrt(1 - rho).
-mde_table applies them to the claims' family at the level of Holm's first
-step, alpha / m (which step a claim takes is unknown before the data).
+mde_table applies them to the claims' family at its Bonferroni level
+alpha / m, the level at which the report decides each claim.
 """
 
 from collections.abc import Sequence
