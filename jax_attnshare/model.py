@@ -354,9 +354,9 @@ class SelfAttention(nn.Module):
     """Whether this layer's map (of `length` tokens) is computed fused.
 
     Fused where no one needs the map in this call and, for 'auto', where
-    fusing is cuDNN's kernel. The maps and statistics steps make the attention collection mutable to
-    read every map; the layer before an SA layer hands its map (and LISA's
-    logits) on.
+    fusing is cuDNN's kernel. The maps and statistics steps make the
+    attention collection mutable to read every map; the layer before an SA
+    layer hands its map (and LISA's logits) on.
     """
     cfg = self.config
     if (cfg.attention == 'explicit'
