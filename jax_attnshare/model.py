@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import math
 import types
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -312,7 +312,7 @@ class SelfAttention(nn.Module):
     else:
       q_BTHK = _expand(q_BTMK, spec.head_index('query')).astype(dtype)
       k_BTHK = _expand(k_BTMK, spec.head_index('key')).astype(dtype)
-      if self._fused():
+      if self._fused(q_BTHK.shape[1]):
         out_BTHK = fused_attention(cfg, q_BTHK, k_BTHK, v_BTHK, mask_B1TT)
         # No later layer reads this layer's map: a stale one must not leak.
         carry = carry._replace(logits=None, probs=None)
@@ -350,84 +350,204 @@ class SelfAttention(nn.Module):
           heads=head_links.donate(spec, self.layer, proj, carry.heads))
     return proj['output'](out_BTHK), carry
 
-  def _fused(self) -> bool:
-    """Whether no one needs this layer's map in this call.
+  def _fused(self, length: int) -> bool:
+    """Whether this layer's map (of `length` tokens) is computed fused.
 
-    The maps and statistics steps make the attention collection mutable to
-    read every map; the layer before an SA layer hands its map (and LISA's
-    logits) on.
+    Fused where no one needs the map in this call and, for 'auto', where
+    fusing is cuDNN's kernel. The maps and statistics steps make the
+    attention collection mutable to read every map; the layer before an SA
+    layer hands its map (and LISA's logits) on.
     """
     cfg = self.config
     if (cfg.attention == 'explicit'
         or self.is_mutable_collection(ATTENTION_COLLECTION)):
       return False
-    if cfg.attention == 'auto' and fused_implementation(cfg) != 'cudnn':
+    if (cfg.attention == 'auto'
+        and fused_implementation(cfg, (length,)) != 'cudnn'):
       return False
     following = self.layer + 1
     return not (following < cfg.num_layers
                 and cfg.sharing.reuses_map(following))
 
 
-def fused_implementation(cfg: ModelConfig) -> str:
+def fused_implementation(cfg: ModelConfig, lengths: Sequence[int] = ()
+                         ) -> str:
   """jax.nn.dot_product_attention's implementation for cfg on this backend.
 
-  cuDNN's fused kernel on an NVIDIA GPU where it applies (bfloat16, a head
-  width that is a multiple of 8 up to 128, an even length, and the kernel
-  compiles here: cudnn_compiles); XLA's otherwise. jax 0.10 takes XLA's for
-  implementation=None even on a GPU, so the choice is made here.
+  cuDNN's fused kernel on an NVIDIA GPU in bfloat16 where the exact call of
+  the training step compiles at every sequence length the run uses
+  (cudnn_compiles; lengths, default cfg.max_length); XLA's otherwise. jax
+  0.10 takes XLA's for implementation=None even on a GPU, so the choice is
+  made here.
   """
   device = jax.devices()[0]
   if (device.platform == 'gpu' and device.device_kind.startswith('NVIDIA')
-      and cfg.dtype == 'bfloat16' and cfg.head_width % 8 == 0
-      and cfg.head_width <= 128 and cfg.max_length % 2 == 0
-      and cudnn_compiles(cfg.num_heads, cfg.head_width, cfg.max_length)):
+      and cfg.dtype == 'bfloat16'
+      and cudnn_compiles(cfg.num_heads, cfg.head_width,
+                         tuple(lengths) or (cfg.max_length,), cfg.causal,
+                         cfg.padding_mask)):
     return 'cudnn'
   return 'xla'
 
 
 @functools.lru_cache(maxsize=None)
-def cudnn_compiles(num_heads: int, head_width: int, length: int) -> bool:
-  """Whether cuDNN's fused attention compiles on this backend, as used here.
+def cudnn_compiles(num_heads: int, head_width: int, lengths: tuple[int, ...],
+                   causal: bool, masked: bool) -> bool:
+  """Whether the training step's cuDNN attention compiles at every length.
 
-  Compiles its gradient, masked, under a vmap over seeds, on bfloat16 inputs
-  of the model's heads and length: what the training step asks of it.
+  Compiles cudnn_probe at each length. A refusal is logged with its reason
+  and means the explicit path for the whole run.
   """
-  q_SBTHK = jnp.zeros((2, 2, length, num_heads, head_width), jnp.bfloat16)
-  mask_SB1TT = jnp.ones((2, 2, 1, length, length), bool)
-
-  def loss(q_BTHK, mask_B1TT):
-    mask_B1TT = jnp.broadcast_to(mask_B1TT, (2, 1, length, length))
-    out = jax.nn.dot_product_attention(q_BTHK, q_BTHK, q_BTHK,
-                                       mask=mask_B1TT, implementation='cudnn')
-    return out.astype(jnp.float32).sum()
-
-  try:
-    jax.jit(jax.vmap(jax.grad(loss))).lower(q_SBTHK, mask_SB1TT).compile()
-  # cuDNN refuses shapes, versions and devices in many ways; any refusal
-  # means the explicit path, never a failed run.
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning('cuDNN fused attention does not compile here (%s: %s); '
-                    "attention='auto' computes the map explicitly.",
-                    type(e).__name__, str(e).splitlines()[0] if str(e) else '')
-    return False
+  fields = dict(num_heads=num_heads, head_width=head_width, causal=causal,
+                masked=masked)
+  for length in lengths:
+    probe, args = cudnn_probe(num_heads, head_width, length, causal, masked)
+    try:
+      probe.lower(*args).compile()
+    # cuDNN refuses shapes, versions and devices in many ways; any refusal
+    # means the explicit path, never a failed run.
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning(
+          'cuDNN fused attention does not compile here for %s at length %d '
+          '(%s: %s); attention=\'auto\' computes the map explicitly and '
+          'attention=\'fused\' takes XLA\'s implementation.', fields, length,
+          type(e).__name__, str(e)[:2000])
+      return False
+  logging.info('cuDNN fused attention compiles for %s at lengths %s.', fields,
+               lengths)
   return True
+
+
+def cudnn_probe(num_heads: int, head_width: int, length: int, causal: bool,
+                masked: bool) -> tuple[Callable, tuple[Any, ...]]:
+  """The training step's cuDNN attention call, jitted, and abstract inputs.
+
+  fused_attention's cuDNN call as the model makes it (causal or not, with
+  padding or not), its gradient, vmapped over seeds whose bfloat16 inputs
+  have the model's heads and head width and which share the batch's
+  tokens (the case that jax's own batching rules got wrong).
+  """
+  def loss(q_BTHK, tokens_BT):
+    mask_B1TT = _mask(tokens_BT != 0, masked, causal)
+    out_BTHK = _attend(q_BTHK, q_BTHK, q_BTHK, mask_B1TT, length,
+                       1 / math.sqrt(head_width), causal, masked, 'cudnn')
+    return out_BTHK.astype(jnp.float32).sum()
+
+  args = (jax.ShapeDtypeStruct((2, 2, length, num_heads, head_width),
+                               jnp.bfloat16),
+          jax.ShapeDtypeStruct((2, length), jnp.int32))
+  return jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None))), args
 
 
 def fused_attention(cfg: ModelConfig, q_BTHK, k_BTHK, v_BTHK, mask_B1TT):
   """softmax(mask(Q Kᵀ / sqrt(K))) V without the map leaving the kernel.
 
-  Masked logits become a large negative number, as in the explicit path: a
-  fully masked row (an all-padding review) attends uniformly in both.
+  A fully masked row (an all-padding review) attends uniformly over all
+  keys, as in the explicit path.
   """
-  implementation = fused_implementation(cfg)
-  if implementation == 'cudnn' and mask_B1TT is not None:
-    # cuDNN takes the mask as a bias with both sequence axes.
-    length = q_BTHK.shape[1]
-    mask_B1TT = jnp.broadcast_to(
-        mask_B1TT, (mask_B1TT.shape[0], 1, length, length))
-  return jax.nn.dot_product_attention(
-      q_BTHK, k_BTHK, v_BTHK, mask=mask_B1TT,
-      scale=1 / math.sqrt(cfg.head_width), implementation=implementation)
+  length = q_BTHK.shape[1]
+  return _attend(q_BTHK, k_BTHK, v_BTHK, mask_B1TT, length,
+                 1 / math.sqrt(cfg.head_width), cfg.causal, cfg.padding_mask,
+                 fused_implementation(cfg, (length,)))
+
+
+def _mask(valid_BT, padding: bool, causal: bool):
+  """Which keys each query may see, broadcastable to [B, H, T, T], or None."""
+  mask_B1TT = valid_BT[:, None, None, :] if padding else None
+  if causal:
+    length = valid_BT.shape[1]
+    causal_11TT = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    mask_B1TT = causal_11TT if mask_B1TT is None else mask_B1TT & causal_11TT
+  return mask_B1TT
+
+
+def _attend(q_BTHK, k_BTHK, v_BTHK, mask_B1TT, length: int, scale: float,
+            causal: bool, padding: bool, implementation: str):
+  """Fused attention under _mask(valid, padding, causal) of right-padded rows.
+
+  The padding goes to the kernel as each row's number of real keys (the
+  mask's last query row, which causality leaves whole), which cuDNN takes
+  without a [T, T] mask; a row without real keys attends to all with equal
+  weight, as masking every logit in the explicit path does.
+  """
+  attention = _kernel(scale, causal, implementation)
+  if not padding:
+    return attention(q_BTHK, k_BTHK, v_BTHK)
+  keys_B = mask_B1TT[:, 0, -1, :].sum(axis=-1, dtype=jnp.int32)
+  empty_B = keys_B == 0
+  out_BTHK = attention(q_BTHK, k_BTHK, v_BTHK,
+                       jnp.where(empty_B, length, keys_B))
+  uniform_B1HK = v_BTHK.mean(axis=1, keepdims=True)
+  return jnp.where(empty_B[:, None, None, None], uniform_B1HK, out_BTHK)
+
+
+def batch_folded(fn: Callable) -> Callable:
+  """fn of arrays with a leading batch axis, vmaps folded into that axis.
+
+  Under jax.vmap (of any depth), fn is called once on [A * B, ...] arrays,
+  unbatched arguments broadcast to the vmapped axis first, instead of
+  through the batching rules of the primitives inside it: jax's rules for
+  cuDNN's attention reshape unbatched operands (a cotangent, shared
+  lengths) to the folded batch and fail. fn's outputs must have the same
+  leading batch axis.
+  """
+  @jax.custom_batching.custom_vmap
+  def folded(*args):
+    return fn(*args)
+
+  @folded.def_vmap
+  def fold(axis_size, in_batched, *args):
+    args = [x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+            for x, batched in zip(args, in_batched)]
+    out = folded(*(x.reshape(-1, *x.shape[2:]) for x in args))
+    return (jax.tree.map(lambda y: y.reshape(axis_size, -1, *y.shape[1:]),
+                         out),
+            jax.tree.map(lambda _: True, out))
+
+  return folded
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(scale: float, causal: bool, implementation: str) -> Callable:
+  """(Q, K, V[, key lengths]) -> fused attention, differentiable, vmappable.
+
+  The seeds' vmap is folded into the kernel's batch (batch_folded), so
+  cuDNN sees one plain batch. custom_vmap takes no reverse-mode
+  derivative, so the gradient is a custom_vjp whose forward and backward
+  are both folded. The backward asks jax.vjp for the kernel's gradient,
+  which runs the forward kernel again; the forward runs it in training
+  mode too (with the softmax statistics), so both are one call on the same
+  operands, and XLA's common-subexpression pass can keep one.
+  """
+  def attend(q_BTHK, k_BTHK, v_BTHK, *keys_B):
+    out_BTHK, _ = jax.nn.dot_product_attention(
+        q_BTHK, k_BTHK, v_BTHK, scale=scale, is_causal=causal,
+        key_value_seq_lengths=keys_B[0] if keys_B else None,
+        implementation=implementation, return_residual=True)
+    return out_BTHK
+
+  def gradients(q_BTHK, k_BTHK, v_BTHK, *keys_and_cotangent):
+    *keys_B, g_BTHK = keys_and_cotangent
+    _, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, *keys_B), q_BTHK,
+                     k_BTHK, v_BTHK)
+    return vjp(g_BTHK)
+
+  forward, backward = batch_folded(attend), batch_folded(gradients)
+
+  @jax.custom_vjp
+  def attention(q_BTHK, k_BTHK, v_BTHK, *keys_B):
+    return forward(q_BTHK, k_BTHK, v_BTHK, *keys_B)
+
+  def attention_fwd(*args):
+    return forward(*args), args
+
+  def attention_bwd(args, g_BTHK):
+    _, _, _, *keys_B = args
+    # Key lengths are integers: no cotangent.
+    return (*backward(*args, g_BTHK), *(None for _ in keys_B))
+
+  attention.defvjp(attention_fwd, attention_bwd)
+  return attention
 
 
 class EncoderBlock(nn.Module):
@@ -457,12 +577,7 @@ class EncoderBlock(nn.Module):
 
 def attention_mask(cfg: ModelConfig, valid_BT):
   """Which keys each query may see, broadcastable to [B, H, T, T], or None."""
-  mask_B1TT = valid_BT[:, None, None, :] if cfg.padding_mask else None
-  if cfg.causal:
-    length = valid_BT.shape[1]
-    causal_11TT = jnp.tril(jnp.ones((length, length), bool))[None, None]
-    mask_B1TT = causal_11TT if mask_B1TT is None else mask_B1TT & causal_11TT
-  return mask_B1TT
+  return _mask(valid_BT, cfg.padding_mask, cfg.causal)
 
 
 class Encoder(nn.Module):

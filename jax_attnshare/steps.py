@@ -302,26 +302,24 @@ class SeedSteps:
                    per_seed_batches)
     self.train = jax.jit(train, donate_argnums=0)
 
-    def train_steps(state, window, split, rows_C, count):
-      """Steps on the batches of rows_C[:count]; window sums their metrics.
+    def scanned_steps(state, window, split, rows_C, first, length):
+      """Steps on the batches of rows_C[first:first + length], in a scan.
 
-      The scan has one length, steps_per_call, so one compilation serves
-      every call; the steps from count on leave the state as it is.
+      window sums their metrics. The scan has a fixed length and no
+      conditional, so XLA knows its trip count and an accelerator runs
+      every step without the host.
       """
       def one(carry, rows):
         state, window = carry
         state, metrics = train(state, gather_batch(split, rows))
-        return state, jax.tree.map(jnp.add, window, metrics)
+        return (state, jax.tree.map(jnp.add, window, metrics)), None
 
-      def maybe(carry, i_rows):
-        i, rows = i_rows
-        return jax.lax.cond(i < count, one, lambda c, _: c, carry, rows), None
-
-      carry, _ = jax.lax.scan(maybe, (state, window),
-                              (jnp.arange(len(rows_C)), rows_C))
+      rows = jax.lax.dynamic_slice_in_dim(rows_C, first, length)
+      carry, _ = jax.lax.scan(one, (state, window), rows)
       return carry
 
-    self.train_steps = jax.jit(train_steps, donate_argnums=(0, 1))
+    self.scanned_steps = jax.jit(scanned_steps, static_argnames='length',
+                                  donate_argnums=(0, 1))
     evaluate_batch = seeded(functools.partial(eval_step, model=model))
     self.eval = jax.jit(evaluate_batch)
 
@@ -345,6 +343,23 @@ class SeedSteps:
     self._unpad = jax.jit(
         lambda tree: jax.tree.map(lambda x: x[:num_seeds], tree),
         out_shardings=self.replicated)
+
+  def train_steps(self, state: TrainState, window: dict, split: dict,
+                  rows_C: jax.Array, count: int) -> tuple[TrainState, dict]:
+    """Steps on the batches of rows_C[:count] (put_rows); window sums them.
+
+    A full call (count = steps_per_call) is one scan of steps_per_call
+    steps. A shorter one, at the end of a logging window, runs the scan of
+    one step count times, dispatched without waiting: two programs serve
+    every call, and no step is computed only to be thrown away.
+    """
+    if count == self.steps_per_call:
+      return self.scanned_steps(state, window, split, rows_C, 0,
+                                 length=count)
+    for i in range(count):
+      state, window = self.scanned_steps(state, window, split, rows_C, i,
+                                          length=1)
+    return state, window
 
   def init(self, keys: jax.Array) -> TrainState:
     """The padded, seed-sharded state of the replicas of typed keys [S]."""

@@ -56,19 +56,79 @@ def test_full_mode_estimates_then_runs_both_regimes_at_full_size(tmp_path):
     assert all(f'--workdir={tmp_path}/{regime}/' in c for c in mine)
 
 
-def _benchmark(*args):
-  result = subprocess.run(
-      [sys.executable, 'experiments/seed_throughput.py',
+def _benchmark(*args, check=True, patch=''):
+  """The benchmark at :tiny in a subprocess, after `patch` (Python) runs."""
+  command = (f'{patch}\nimport runpy, sys\nsys.argv = sys.argv[1:]\n'
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+  return subprocess.run(
+      [sys.executable, '-c', command, 'experiments/seed_throughput.py',
        '--config=configs/kv_share.py:tiny', '--steps=2', '--matmul_size=64',
-       *args], cwd=ROOT, capture_output=True, text=True, check=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  return result.stdout
+       *args], cwd=ROOT, capture_output=True, text=True, check=check,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_LOG_COMPILES': '1'})
 
 
-def test_benchmark_prints_each_variant_and_the_grid_estimate():
-  table = _benchmark('--seeds=2', '--variants=float32/explicit,bfloat16/fused')
-  assert '| 2 | float32 | explicit |' in table
-  assert '| 2 | bfloat16 | fused (xla) |' in table
-  estimate = _benchmark('--estimate_runs=8')
+# Stands in for a variant that fails on the device (out of memory, a kernel
+# that does not compile): fused attention raises in bfloat16.
+_FAILING_BFLOAT16_FUSED = """
+from jax_attnshare import model
+real = model.fused_implementation
+def fused_implementation(cfg, lengths=()):
+  if cfg.dtype == 'bfloat16':
+    raise RuntimeError('injected failure')
+  return real(cfg, lengths)
+model.fused_implementation = fused_implementation
+"""
+
+
+@pytest.mark.slow
+def test_benchmark_streams_rows_compiles_once_and_outlives_a_failure():
+  result = _benchmark('--seeds=1,2', '--variants=float32/explicit,'
+                      'bfloat16/fused,float32/fused',
+                      patch=_FAILING_BFLOAT16_FUSED)
+  lines = result.stdout.splitlines()
+  summary = next(i for i, l in enumerate(lines) if 'MFLOP per training' in l)
+  streamed = lines[:summary]
+  for seeds in (1, 2):
+    assert any(l.startswith(f'| {seeds} | float32 | explicit |')
+               for l in streamed)
+    assert any(l.startswith(f'| {seeds} | float32 | fused (xla) |')
+               for l in streamed)
+    assert any(l.startswith(f'| {seeds} | bfloat16/fused | | error: '
+                            'RuntimeError: injected failure |')
+               for l in streamed)
+  # Each row's dtype has its own peak.
+  assert re.search(r'matmul peak bfloat16 [\d.]+ GFLOP/s, float32 [\d.]+',
+                   lines[0])
+  # Programs (variant, seeds): 2 working variants x S = 1, 2; the S = 1
+  # program also times the 2 seeds in turn.
+  assert result.stderr.count(
+      'Finished XLA compilation of jit(scanned_steps)') == 4
+
+
+@pytest.mark.slow
+def test_benchmark_estimates_the_grid():
+  estimate = _benchmark('--estimate_runs=8').stdout
   assert re.search(r'Expected: 8 runs x 6 steps = [\d.]+ min of training',
                    estimate)
+
+
+@pytest.mark.slow
+def test_whole_run_prints_progress_at_each_evaluation():
+  out = _benchmark('--whole_run').stdout
+  # :tiny evaluates at steps 3 and 6.
+  assert re.search(r'^step 3: setup [\d.]+ s, train [\d.]+ s, eval ', out,
+                   re.M)
+  assert re.search(r'^step 6: ', out, re.M)
+  assert re.search(r'^\| [\d.]+ \| [\d.]+ \|', out, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('flag,message', [
+    ('--variants=float16/explicit', 'config.model.dtype must be one of'),
+    ('--variants=bfloat16', "'bfloat16' is not dtype/attention"),
+    ('--seeds=0', '--seeds must be positive integers')])
+def test_benchmark_refuses_bad_flags_before_any_work(flag, message):
+  result = _benchmark(flag, check=False)
+  assert result.returncode == 2
+  assert message in result.stderr.splitlines()[-1]
+  assert 'Compiling' not in result.stderr

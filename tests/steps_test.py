@@ -1,6 +1,7 @@
 """Seed-vmapped steps: replica i equals a single run with seed i."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -141,6 +142,29 @@ def test_steps_per_call_give_the_state_of_one_step_per_call(per_seed,
   for got, want in zip(jax.tree.leaves(jax.device_get(state.params)),
                        jax.tree.leaves(finals[1][1])):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_scanned_steps_run_without_the_host():
+  """No conditional and only loops of known trip count in the program.
+
+  XLA:GPU copies a conditional's predicate, and the condition of a loop
+  whose trip count it does not know, to the host at every execution: one
+  round trip per step inside the scan.
+  """
+  steps = steps_lib.SeedSteps(_model(), steps_lib.make_optimizer(_opt(), 10),
+                              T, S, False, steps_per_call=3)
+  state, window = steps.init(steps_lib.seed_keys(SEEDS)), steps.zero_window()
+  split = steps.put_split(_split(np.random.default_rng(6)))
+  hlo = steps.scanned_steps.lower(
+      state, window, split, steps.put_rows(np.zeros((3, B), np.int32)), 0,
+      length=3).compile().as_text()
+  assert 'conditional' not in hlo
+  loops = re.findall(r'.* while\(.*', hlo)
+  trip_counts = [re.search(r'"known_trip_count":\{"n":"(\d+)"\}', loop)
+                 for loop in loops]
+  assert all(trip_counts), [l for l, n in zip(loops, trip_counts) if not n]
+  # The scan over the call's steps is one of them.
+  assert '3' in {n[1] for n in trip_counts}
 
 
 def test_resident_evaluation_sums_the_eval_batches():
