@@ -19,7 +19,7 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
 Not factorized (E = D):
   python -m jax_attnshare.main --config=configs/albert_grid.py:cpu,embedding=0
 Args: `variant=` (default all), `embedding=E` (default 32; 0 = E = D, not
-factorized), `cpu`, `tiny`, `seeds=N`, `regime=blog`.
+factorized), `cpu`, `tiny`, `seeds=N`, `regime=blog` or `regime=blog32`.
 """
 
 from jax_attnshare import configs

@@ -12,7 +12,7 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/cla.py:cpu,every=3
   python -m jax_attnshare.main --config=configs/cla.py:cpu,kv_heads=1
 Args: `every=k` (default 2), `kv_heads=G` (CLA on top of GQA/MQA), `cpu`,
-`tiny`, `seeds=N`, `regime=blog`.
+`tiny`, `seeds=N`, `regime=blog` or `regime=blog32`.
 """
 
 from jax_attnshare import configs

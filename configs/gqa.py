@@ -13,7 +13,8 @@ is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/gqa.py:cpu,groups=2,share=kv
 Args: `groups=G` (default 2; must divide the heads; 1 is MQA, see mqa.py),
 `share=` components shared across layers (e.g. `kv`), `cpu`, `tiny`,
-`seeds=N`, `regime=blog`. See README 'Sharing options and their cost'.
+`seeds=N`, `regime=blog` or `regime=blog32`. See README 'Sharing options
+and their cost'.
 """
 
 from jax_attnshare import configs

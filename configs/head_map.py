@@ -13,7 +13,7 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/head_map.py:cpu
   python -m jax_attnshare.main --config=configs/head_map.py:cpu,share=kv
 Args: `share=` letters of the projections that take the map (q, k, v, o;
-default qk), `cpu`, `tiny`, `seeds=N`, `regime=blog`.
+default qk), `cpu`, `tiny`, `seeds=N`, `regime=blog` or `regime=blog32`.
 """
 
 from jax_attnshare import configs

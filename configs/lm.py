@@ -18,7 +18,8 @@ vocabulary 2,000, 400 steps):
   python -m jax_attnshare.main --config=configs/lm.py:cpu,cla=2,kv_heads=1
   python -m jax_attnshare.main --config=configs/lm.py:cpu,share=kv
 Args: `kv_heads=G`, `sa=` SA layers as a range, `cla=k`, `share=`
-components shared across layers (e.g. kv), `cpu`, `tiny`, `seeds=N`, `regime=blog`.
+components shared across layers (e.g. kv), `cpu`, `tiny`, `seeds=N`,
+`regime=blog` or `regime=blog32`.
 """
 
 from jax_attnshare import configs

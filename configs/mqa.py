@@ -10,7 +10,8 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
 is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/mqa.py:cpu
   python -m jax_attnshare.main --config=configs/mqa.py:cpu,share=kv
-Args: `share=` components shared across layers, `cpu`, `tiny`, `seeds=N`, `regime=blog`.
+Args: `share=` components shared across layers, `cpu`, `tiny`, `seeds=N`,
+`regime=blog` or `regime=blog32`.
 """
 
 from jax_attnshare import configs

@@ -2,7 +2,8 @@
 
 Full size (the blog's model and schedule: 3 layers, width 128, 8 heads,
 15 seeds, 15 epochs at batch 32 = 11,715 steps; 256 SentencePiece tokens in
-the clean regime, 32 words in the blog's), for one GPU/TPU:
+the clean regime, up to 512 words in length buckets in the blog's), for one
+GPU/TPU:
   python -m jax_attnshare.main --config=configs/q_share.py --workdir=runs/q
   python -m jax_attnshare.main --config=configs/q_share.py:regime=blog \
       --workdir=runs/blog_regime/q
@@ -13,7 +14,8 @@ of an A100's TF32 peak that is 2.5-7 minutes of training plus evaluation.
 2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 400 steps, test
 subset of 5,000 reviews): the README gives its measured time and accuracy.
   python -m jax_attnshare.main --config=configs/q_share.py:cpu
-Args: `cpu`, `tiny` (tests), `seeds=N`, `regime=blog` (README: "Two regimes").
+Args: `cpu`, `tiny` (tests), `seeds=N`, `regime=blog` (512 words in length
+buckets) or `regime=blog32` (the blog regime at 32 words); docs/regimes.md.
 """
 
 from jax_attnshare import configs

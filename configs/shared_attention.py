@@ -13,8 +13,8 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/shared_attention.py:cpu,layers=1-2
 Args: `layers=` the SA layers as a range (default: the last layer, e.g. 2,
 which reuses layer 1's map; `layers=1-2` makes layer 0's map serve all
-three), `cpu`, `tiny`, `seeds=N`, `regime=blog`. A list goes in
---config.sharing.attention_map_layers=1,3.
+three), `cpu`, `tiny`, `seeds=N`, `regime=blog` or `regime=blog32`. A list
+goes in --config.sharing.attention_map_layers=1,3.
 """
 
 from jax_attnshare import configs

@@ -12,7 +12,7 @@ Full size (3 layers, width 128, 8 heads, 256 tokens, 15 seeds, 11,715 steps):
   python -m jax_attnshare.main --config=configs/shared_weight.py:cpu
   python -m jax_attnshare.main --config=configs/shared_weight.py:cpu,share=qkv
 Args: `share=` components shared across layers (`qkv` or none; q, k and v
-go together), `cpu`, `tiny`, `seeds=N`, `regime=blog`.
+go together), `cpu`, `tiny`, `seeds=N`, `regime=blog` or `regime=blog32`.
 """
 
 from jax_attnshare import configs

@@ -33,6 +33,7 @@ UNK_ID = 1
 _SUBSET_STREAM = 0
 _ORDER_STREAM = 1
 _REPLICA_ORDER_STREAM = 2
+_BUCKET_SCHEDULE_STREAM = 3
 
 _BREAK_RE = re.compile(r'<br\s*/?>', re.IGNORECASE)
 _SPACE_RE = re.compile(r'\s+')
@@ -364,6 +365,44 @@ def check_fields(config: Any) -> None:
   """Raises ValueError naming the first invalid config.data field."""
   _check(config, _TOKENIZER_FIELDS + _SUBSET_FIELDS)
   check_tokenizer(tokenizer_kind(config))
+  bucket_lengths(config)
+  bucket_run_steps(config)
+
+
+def bucket_lengths(data_config: Any) -> tuple[int, ...]:
+  """config.data.bucket_lengths as ints, ascending, the last max_length.
+
+  '' (and configs written before the field) = (max_length,): one bucket,
+  every batch padded to max_length. Raises ValueError naming the field.
+  """
+  text = data_config.get('bucket_lengths', '')
+  max_length = data_config.max_length
+  if not str(text).strip():
+    return (max_length,)
+  example = f"e.g. '{max(max_length // 4, 1)},{max_length}'"
+  try:
+    lengths = tuple(int(x) for x in str(text).split(','))
+  except ValueError:
+    raise ValueError(f'config.data.bucket_lengths must be comma-separated '
+                     f'ints ({example}), got {text!r}.') from None
+  if lengths[0] < 1 or any(a >= b for a, b in zip(lengths, lengths[1:])):
+    raise ValueError(f'config.data.bucket_lengths must increase from >= 1 '
+                     f'({example}), got {text!r}.')
+  if lengths[-1] != max_length:
+    raise ValueError(
+        f'config.data.bucket_lengths must end at config.data.max_length='
+        f'{max_length}, the bucket of the longest (truncated) reviews, got '
+        f'{text!r}.')
+  return lengths
+
+
+def bucket_run_steps(data_config: Any) -> int:
+  """config.data.bucket_run_steps; 1 for configs written before it."""
+  steps = data_config.get('bucket_run_steps', 1)
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f'config.data.bucket_run_steps must be an int >= 1, got '
+                     f'{steps!r}.')
+  return steps
 
 
 def _subset_index(split_size: int, size: int, data_seed: int,
@@ -459,59 +498,163 @@ def tokenize_dataset(texts: DatasetTexts, data_config: Any,
                      data_config.vocab_size)
 
 
+def token_lengths(tokens_NT: np.ndarray) -> np.ndarray:
+  """The positions each row needs: up to its last non-pad token [N]."""
+  real_NT = tokens_NT != PAD_ID
+  last = tokens_NT.shape[1] - np.argmax(real_NT[:, ::-1], axis=1)
+  return np.where(real_NT.any(axis=1), last, 0)
+
+
+def bucket_index(tokens_NT: np.ndarray,
+                 buckets: Sequence[int]) -> np.ndarray:
+  """Index in `buckets` of the smallest bucket that holds each row [N]."""
+  return np.searchsorted(np.asarray(buckets), token_lengths(tokens_NT))
+
+
+def by_bucket(split: Split, buckets: Sequence[int]) -> list[Split]:
+  """The split's reviews by bucket, in order, cut to the bucket's length.
+
+  One Split per bucket that holds any review, shortest first; with one
+  bucket, the split's own arrays.
+  """
+  if len(buckets) == 1:
+    return [split]
+  index_N = bucket_index(split.tokens, buckets)
+  return [Split(split.tokens[index_N == b, :length],
+                split.labels[index_N == b])
+          for b, length in enumerate(buckets) if (index_N == b).any()]
+
+
 class TrainBatches:
   """Training batches that depend only on the step, so resume needs no state.
 
-  Each epoch visits every example once in a seeded random order; the last
-  len(split) % batch_size examples of each epoch's order are skipped. With
-  replica_seeds, replica i draws its own order from seed replica_seeds[i]
-  and batches get a leading replica axis.
+  Each review belongs to the smallest of `buckets` (lengths, ascending, the
+  last the split's) that holds it; a batch is cut to its bucket's length.
+  Each epoch, each order (one, or with replica_seeds one per replica)
+  shuffles the shortest bucket's reviews and cuts them into batches; the
+  len % batch_size reviews left over join the next bucket's, where they are
+  shuffled in (so a few reviews per epoch ride in a longer bucket than
+  their own), and the last bucket's leftovers are skipped. So each epoch
+  visits every review once but len(split) % batch_size of them, in
+  len(split) // batch_size steps. Which bucket a step draws from is shared
+  by the replicas (their batches have one shape): each bucket's batches
+  form runs of up to run_steps steps, the runs of all buckets in a seeded
+  random order, and the k-th step in a bucket takes each order's k-th batch
+  of it. With one bucket this is a shuffle of the split per epoch, cut into
+  batches in order. With replica_seeds, batches get a leading replica axis.
   """
 
   def __init__(self, split: Split, batch_size: int, data_seed: int,
-               replica_seeds: Sequence[int] | None = None):
+               replica_seeds: Sequence[int] | None = None,
+               buckets: Sequence[int] | None = None, run_steps: int = 1):
     if not 1 <= batch_size <= len(split):
       raise ValueError(f'config.batch_size must be in [1, {len(split)}] '
                        f'(the train split size), got {batch_size}')
     self.split = split
     self.batch_size = batch_size
     self.steps_per_epoch = len(split) // batch_size
+    self.buckets = tuple(buckets or (split.tokens.shape[1],))
+    if self.buckets[-1] != split.tokens.shape[1]:
+      raise ValueError(f'The last bucket length {self.buckets[-1]} must be '
+                       f'the split\'s length {split.tokens.shape[1]}.')
+    if run_steps < 1:
+      raise ValueError(f'config.data.bucket_run_steps must be >= 1, got '
+                       f'{run_steps}')
+    self.run_steps = run_steps
+    # Tokens of each row that a batch keeps (its length: buckets hold it).
+    self.lengths = token_lengths(split.tokens)
+    index_N = bucket_index(split.tokens, self.buckets)
+    self._members = [np.flatnonzero(index_N == b)
+                     for b in range(len(self.buckets))]
+    # Batches per epoch of each bucket, with the reviews carried into it.
+    self._batch_counts, carried = [], 0
+    for members in self._members:
+      count, carried = divmod(carried + len(members), batch_size)
+      self._batch_counts.append(count)
     self._data_seed = data_seed
     self._replica_seeds = (None if replica_seeds is None
                            else [int(s) for s in replica_seeds])
     self._cached_epoch = -1
-    self._orders = []
+    self._rows_OXB = np.zeros([0, 0, batch_size], int)
+    self._bucket_X = np.zeros([0], int)
 
-  def _epoch_orders(self, epoch: int) -> list[np.ndarray]:
-    """Returns one permutation per replica (or one), caching the last."""
+  def _order_batches(self, rng: np.random.Generator) -> np.ndarray:
+    """One order's batches of an epoch, bucket by bucket: [N // B, B]."""
+    batches, carried = [], np.zeros([0], int)
+    for members, count in zip(self._members, self._batch_counts):
+      pool = rng.permutation(np.concatenate([carried, members]))
+      batches.append(pool[:count * self.batch_size])
+      carried = pool[count * self.batch_size:]
+    return np.concatenate(batches).reshape(-1, self.batch_size)
+
+  def _schedule(self, epoch: int) -> np.ndarray:
+    """The bucket of each step of `epoch` [steps_per_epoch]."""
+    runs = [(b, min(self.run_steps, count - first))
+            for b, count in enumerate(self._batch_counts)
+            for first in range(0, count, self.run_steps)]
+    order = np.random.default_rng(
+        [self._data_seed, _BUCKET_SCHEDULE_STREAM, epoch]).permutation(
+            len(runs))
+    return np.concatenate([np.full(runs[i][1], runs[i][0]) for i in order])
+
+  def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [orders, steps X, B] and buckets [X] of `epoch`, cached."""
     if epoch != self._cached_epoch:
-      n = len(self.split)
       if self._replica_seeds is None:
         seeds = [[self._data_seed, _ORDER_STREAM, epoch]]
       else:
         seeds = [[self._data_seed, _REPLICA_ORDER_STREAM, s, epoch]
                  for s in self._replica_seeds]
-      self._orders = [np.random.default_rng(s).permutation(n) for s in seeds]
+      batches_OXB = np.stack([self._order_batches(np.random.default_rng(s))
+                              for s in seeds])
+      bucket_X = self._schedule(epoch)
+      # The k-th step of bucket b takes its k-th batch.
+      first = np.cumsum([0] + self._batch_counts[:-1])
+      index_X = np.empty_like(bucket_X)
+      for b in range(len(self.buckets)):
+        steps = np.flatnonzero(bucket_X == b)
+        index_X[steps] = first[b] + np.arange(len(steps))
+      self._rows_OXB, self._bucket_X = batches_OXB[:, index_X], bucket_X
       self._cached_epoch = epoch
-    return self._orders
+    return self._rows_OXB, self._bucket_X
+
+  def _locate(self, step: int) -> tuple[int, int]:
+    if step < 0:
+      raise ValueError(f'step must be >= 0, got {step}')
+    return divmod(step, self.steps_per_epoch)
 
   def rows(self, step: int) -> np.ndarray:
     """The split's rows in the batch of 0-based `step`: [(S,) B] ints.
 
     Training gathers them from the split on the device (steps.SeedSteps).
     """
-    if step < 0:
-      raise ValueError(f'step must be >= 0, got {step}')
-    epoch, offset = divmod(step, self.steps_per_epoch)
-    start = offset * self.batch_size
-    rows = np.stack([order[start:start + self.batch_size]
-                     for order in self._epoch_orders(epoch)])
+    epoch, offset = self._locate(step)
+    rows = self._epoch(epoch)[0][:, offset]
     return rows[0] if self._replica_seeds is None else rows
+
+  def length(self, step: int) -> int:
+    """The length (bucket) of the batch of 0-based `step`."""
+    epoch, offset = self._locate(step)
+    return self.buckets[self._epoch(epoch)[1][offset]]
+
+  def positions(self, first: int, end: int) -> tuple[float, float]:
+    """Mean real tokens and positions per example of steps [first, end).
+
+    1 - their ratio is the share of padding in those batches.
+    """
+    real = total = 0
+    for step in range(first, end):
+      rows = self.rows(step)
+      real += int(self.lengths[rows].sum())
+      total += rows.size * self.length(step)
+    orders = 1 if self._replica_seeds is None else len(self._replica_seeds)
+    examples = max((end - first) * orders * self.batch_size, 1)
+    return real / examples, total / examples
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """Returns the batch of 0-based `step`: tokens [(S,) B, T], labels."""
     rows = self.rows(step)
-    return {'tokens': self.split.tokens[rows],
+    return {'tokens': self.split.tokens[rows][..., :self.length(step)],
             'labels': self.split.labels[rows]}
 
 

@@ -240,9 +240,13 @@ def check_steps_per_call(steps_per_call: int) -> None:
                      f'per host call), got {steps_per_call}.')
 
 
-def gather_batch(split: dict, rows) -> dict:
-  """The batch of a resident split's rows [(S,) B]: tokens, labels."""
-  return {'tokens': split['tokens'][rows], 'labels': split['labels'][rows]}
+def gather_batch(split: dict, rows, length: int | None = None) -> dict:
+  """The batch of a resident split's rows [(S,) B]: tokens, labels.
+
+  Tokens are cut to their first `length` positions (a bucket's; None: all).
+  """
+  return {'tokens': split['tokens'][rows, :length],
+          'labels': split['labels'][rows]}
 
 
 class SeedSteps:
@@ -302,24 +306,26 @@ class SeedSteps:
                    per_seed_batches)
     self.train = jax.jit(train, donate_argnums=0)
 
-    def scanned_steps(state, window, split, rows_C, first, length):
-      """Steps on the batches of rows_C[first:first + length], in a scan.
+    def scanned_steps(state, window, split, rows_C, first, steps, length):
+      """Steps on the batches of rows_C[first:first + steps], in a scan.
 
       window sums their metrics. The scan has a fixed length and no
       conditional, so XLA knows its trip count and an accelerator runs
-      every step without the host.
+      every step without the host. Tokens are cut to `length` (static: a
+      bucket's; None: the split's), one program per bucket length.
       """
       def one(carry, rows):
         state, window = carry
-        state, metrics = train(state, gather_batch(split, rows))
+        state, metrics = train(state, gather_batch(split, rows, length))
         return (state, jax.tree.map(jnp.add, window, metrics)), None
 
-      rows = jax.lax.dynamic_slice_in_dim(rows_C, first, length)
+      rows = jax.lax.dynamic_slice_in_dim(rows_C, first, steps)
       carry, _ = jax.lax.scan(one, (state, window), rows)
       return carry
 
-    self.scanned_steps = jax.jit(scanned_steps, static_argnames='length',
-                                  donate_argnums=(0, 1))
+    self.scanned_steps = jax.jit(scanned_steps,
+                                 static_argnames=('steps', 'length'),
+                                 donate_argnums=(0, 1))
     evaluate_batch = seeded(functools.partial(eval_step, model=model))
     self.eval = jax.jit(evaluate_batch)
 
@@ -345,8 +351,11 @@ class SeedSteps:
         out_shardings=self.replicated)
 
   def train_steps(self, state: TrainState, window: dict, split: dict,
-                  rows_C: jax.Array, count: int) -> tuple[TrainState, dict]:
+                  rows_C: jax.Array, count: int,
+                  length: int | None = None) -> tuple[TrainState, dict]:
     """Steps on the batches of rows_C[:count] (put_rows); window sums them.
+
+    Tokens are cut to `length` (a bucket's; None: the split's).
 
     A full call (count = steps_per_call) is one scan of steps_per_call
     steps. A shorter one, at the end of a logging window, runs the scan of
@@ -355,10 +364,10 @@ class SeedSteps:
     """
     if count == self.steps_per_call:
       return self.scanned_steps(state, window, split, rows_C, 0,
-                                 length=count)
+                                 steps=count, length=length)
     for i in range(count):
       state, window = self.scanned_steps(state, window, split, rows_C, i,
-                                          length=1)
+                                          steps=1, length=length)
     return state, window
 
   def init(self, keys: jax.Array) -> TrainState:
@@ -403,10 +412,19 @@ class SeedSteps:
     """A data.Split on every device, once, for train_steps to gather from."""
     return self.put_shared({'tokens': split.tokens, 'labels': split.labels})
 
-  def put_eval_split(self, split, batch_size: int) -> dict:
-    """A data.Split as its stacked eval batches [nb, ...], on the devices."""
-    batches = list(data.eval_batches(split, batch_size))
-    return self.put_shared(jax.tree.map(lambda *xs: np.stack(xs), *batches))
+  def put_eval_split(self, split, batch_size: int,
+                     buckets: tuple[int, ...] | None = None) -> list[dict]:
+    """A data.Split as stacked eval batches [nb, ...] per bucket, on device.
+
+    One stack per bucket that holds reviews (data.by_bucket), its batches
+    cut to the bucket's length; without buckets, one stack.
+    """
+    stacks = []
+    for part in data.by_bucket(split, buckets or (split.tokens.shape[1],)):
+      batches = list(data.eval_batches(part, batch_size))
+      stacks.append(self.put_shared(
+          jax.tree.map(lambda *xs: np.stack(xs), *batches)))
+    return stacks
 
   def put_rows(self, rows_CxB: np.ndarray) -> jax.Array:
     """Rows of up to steps_per_call steps, padded to steps_per_call."""
@@ -428,13 +446,15 @@ class SeedSteps:
 
 
 def evaluate(steps: SeedSteps, params: Any,
-             eval_split: dict) -> dict[str, np.ndarray]:
+             eval_split: list[dict]) -> dict[str, np.ndarray]:
   """Test metrics per replica over a resident split (put_eval_split).
 
   Mean loss and accuracy; for the LM the mean next-token loss, perplexity =
   exp(loss) and token accuracy, each over all real next tokens.
   """
-  total = steps.real(distributed.fetch(steps.eval_split(params, eval_split)))
+  totals = [steps.real(distributed.fetch(steps.eval_split(params, stack)))
+            for stack in eval_split]
+  total = jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *totals)
   loss = total['loss_sum'] / total['count']
   accuracy = total['correct'] / total['count']
   if steps.causal:
@@ -444,9 +464,33 @@ def evaluate(steps: SeedSteps, params: Any,
 
 
 def attention_statistics(steps: SeedSteps, params: Any, tokens_BT: np.ndarray,
-                         batch_size: int) -> dict[str, np.ndarray]:
-  """Statistics per replica on a fixed sample, averaged over equal chunks."""
-  chunks = [steps.real(distributed.fetch(steps.stats(params, steps.put_shared(
-      tokens_BT[i:i + batch_size]))))
-            for i in range(0, len(tokens_BT), batch_size)]
-  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)
+                         batch_size: int,
+                         buckets: tuple[int, ...] | None = None
+                         ) -> dict[str, np.ndarray]:
+  """Statistics per replica on a fixed sample, in chunks of batch_size.
+
+  The reviews of each bucket (data.by_bucket) are cut to its length, in
+  chunks whose last is filled with all-pad rows, which every statistic
+  leaves out; the chunks' statistics are averaged weighted by their
+  reviews, which equals the mean over all reviews of every statistic that
+  averages over examples. Without buckets every chunk is full.
+  """
+  chunks, weights = [], []
+  split = data.Split(tokens_BT, np.zeros(len(tokens_BT), np.int32))
+  for part in data.by_bucket(split, buckets or (tokens_BT.shape[1],)):
+    for i in range(0, len(part), batch_size):
+      chunk = part.tokens[i:i + batch_size]
+      weights.append(len(chunk))
+      chunk = np.pad(chunk, [(0, batch_size - len(chunk)), (0, 0)],
+                     constant_values=data.PAD_ID)
+      chunks.append(steps.real(distributed.fetch(
+          steps.stats(params, steps.put_shared(chunk)))))
+  # Equal chunks have weight 1.0 each: exactly the plain mean.
+  weight_C = np.asarray(weights, np.float32) / max(weights)
+
+  def weighted_mean(*xs):
+    x_C = np.stack(xs)
+    w_C = weight_C.reshape((-1,) + (1,) * (x_C.ndim - 1)).astype(x_C.dtype)
+    return np.sum(w_C * x_C, axis=0) / np.sum(weight_C).astype(x_C.dtype)
+
+  return jax.tree.map(weighted_mean, *chunks)

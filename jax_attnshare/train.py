@@ -120,11 +120,13 @@ def _summary_attention(stats_S: dict[str, np.ndarray]) -> dict:
 
 
 def _review_maps(steps, params, tokens_T: np.ndarray,
-                 pad_id: int) -> np.ndarray:
-  """probs_SNHTT of one review, cropped to its valid tokens."""
-  n = max(int((tokens_T != pad_id).sum()), 1)
+                 buckets: tuple[int, ...]) -> np.ndarray:
+  """probs_SNHTT of one review at its bucket's length, cropped to its tokens.
+  """
+  n = max(int((tokens_T != data.PAD_ID).sum()), 1)
+  length = buckets[data.bucket_index(tokens_T[None], buckets)[0]]
   probs_SNBHTT = steps.real(distributed.fetch(
-      steps.maps(params, steps.put_shared(tokens_T[None]))))
+      steps.maps(params, steps.put_shared(tokens_T[None, :length]))))
   return np.asarray(probs_SNBHTT)[:, :, 0, :, :n, :n]
 
 
@@ -206,6 +208,10 @@ class _Progress:
   start_step: int = 0
   first_calls_s: list[float] = dataclasses.field(default_factory=list)
   summary: dict | None = None
+  # Real tokens and positions (padding included) per example, summed over
+  # the steps done: the training batches' padding share.
+  positions: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros(2))
 
   @contextlib.contextmanager
   def timed(self, phase: str):
@@ -290,7 +296,9 @@ def _set_up(config: Any, workdir: str, config_name: str,
     raise ConfigError(str(e)) from e
   batches = data.TrainBatches(dataset.train, config.batch_size,
                               config.data.data_seed,
-                              seeds if per_seed else None)
+                              seeds if per_seed else None,
+                              data.bucket_lengths(config.data),
+                              data.bucket_run_steps(config.data))
   return _Run(config=config, cfg=cfg, workdir=workdir,
               config_name=config_name, spec=spec, seeds=seeds, steps=steps,
               dataset=dataset, batches=batches,
@@ -319,9 +327,11 @@ def _restore_or_init(run: _Run, ckpt: checkpoint.Checkpointer) -> _Progress:
   step = int(distributed.fetch(state.step)[0])
   if step:
     logging.info('Resumed %s from step %d.', run.workdir, step)
+  # The batches depend only on the step: no state to restore.
+  positions = np.array(run.batches.positions(0, step)) * step
   return _Progress(state=state, history=history, diverged=diverged,
                    wall_before=wall_before, phase_s=phase_s, step=step,
-                   start_step=step)
+                   start_step=step, positions=positions)
 
 
 def _open_writers(run: _Run, first_step: int) -> writers_lib.SeedWriters:
@@ -346,7 +356,8 @@ def _train_loop(run: _Run, progress: _Progress,
   # Both splits go to the devices once; batches are gathered there.
   train_split = run.steps.put_split(run.dataset.train)
   test_split = run.steps.put_eval_split(run.dataset.test,
-                                        config.eval_batch_size)
+                                        config.eval_batch_size,
+                                        run.batches.buckets)
   while progress.step < config.num_train_steps:
     train_S = _train_window(run, progress, train_split, writers, evals_left)
     step = progress.step
@@ -369,7 +380,7 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
   (window_end), so a resumed run logs the same windows as an uninterrupted
   one.
   """
-  config, steps = run.config, run.steps
+  config, steps, batches = run.config, run.steps, run.batches
   first_step, end = progress.step, window_end(config, progress.step)
   window, window_start = steps.zero_window(), time.time()
   step = first_step
@@ -378,21 +389,24 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
     # The first two calls of a process are one step each (_FIRST_CALLS), so
     # that the log says at once what compiling and one step cost.
     first_calls = step - progress.start_step < _FIRST_CALLS
-    call_end = (step + 1 if first_calls
-                else min(step + config.steps_per_call, end))
+    end_of_call = (step + 1 if first_calls
+                   else call_end(config, batches, step, end))
     # Only the rows leave the host: no sync until the window ends.
-    rows = steps.put_rows(np.stack([run.batches.rows(s)
-                                    for s in range(step, call_end)]))
+    rows = steps.put_rows(np.stack([batches.rows(s)
+                                    for s in range(step, end_of_call)]))
     with jax.profiler.StepTraceAnnotation('train', step_num=step + 1):
       progress.state, window = steps.train_steps(
-          progress.state, window, train_split, rows, call_end - step)
+          progress.state, window, train_split, rows, end_of_call - step,
+          length=batches.length(step))
     if first_calls:
       jax.block_until_ready(window)
       progress.first_calls_s.append(time.time() - call_start)
-      _log_first_calls(config, progress)
-    step = call_end
+      _log_first_calls(config, progress, len(batches.buckets))
+    step = end_of_call
   progress.step = end
   window_steps = end - first_step
+  real, positions = batches.positions(first_step, end)
+  progress.positions += np.array([real, positions]) * window_steps
   train_S = {k: v / window_steps
              for k, v in steps.real(distributed.fetch(window)).items()}
   seconds = time.time() - window_start
@@ -407,16 +421,22 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
                     / seconds)
   with progress.timed('writers'):
     writers.write_scalars(end, {f'train/{k}': v for k, v in train_S.items()})
-    writers.agg.write_scalars(end, {'train/examples_per_sec': examples_per_s,
-                                    'train/live_replicas': live})
+    writers.agg.write_scalars(end, {
+        'train/examples_per_sec': examples_per_s,
+        # Positions, padding included: what the steps compute on.
+        'train/tokens_per_sec': examples_per_s * positions,
+        'train/padding_share': 1 - real / positions,
+        'train/live_replicas': live})
   evals_done = len(progress.history)
   eval_s = ((progress.phase_s['eval'] + progress.phase_s['attention_stats'])
             / evals_done if evals_done else 0.0)
   logging.info(
       'step %d/%d: train loss %.4f (mean over %d of %d seeds), %.2f steps/s '
-      '(%.0f examples/s); ETA %s', end, config.num_train_steps,
+      '(%.0f examples/s, %.0f tokens/s, %.1f%% padding); ETA %s', end,
+      config.num_train_steps,
       float(np.nanmean(train_S['loss'])) if live else float('nan'), live,
       config.num_seeds, window_steps / seconds, examples_per_s,
+      examples_per_s * positions, 100 * (1 - real / positions),
       format_seconds((config.num_train_steps - end) * seconds / window_steps
                      + evals_left * eval_s))
   return train_S
@@ -427,7 +447,8 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
 _FIRST_CALLS = 2
 
 
-def _log_first_calls(config: Any, progress: _Progress) -> None:
+def _log_first_calls(config: Any, progress: _Progress,
+                     num_buckets: int) -> None:
   """Says what compiling the step and one step took, and what to expect."""
   first_s = progress.first_calls_s
   step = progress.start_step + len(first_s)
@@ -440,10 +461,12 @@ def _log_first_calls(config: Any, progress: _Progress) -> None:
   logging.info(
       'Compiled in %s; one step %.3gs. A logging window of %d steps should '
       'take about %s on this device (the first call of %d steps compiles '
-      'once more).', format_seconds(max(first_s[0] - step_s, 0.0)), step_s,
+      'once more%s).', format_seconds(max(first_s[0] - step_s, 0.0)), step_s,
       config.log_every_steps,
       format_seconds(step_s * config.log_every_steps),
-      config.steps_per_call)
+      config.steps_per_call,
+      f', as does each of the {num_buckets} bucket lengths, whose steps cost '
+      'more or less than this one' if num_buckets > 1 else '')
 
 
 def _evaluate(run: _Run, progress: _Progress, test_split: dict,
@@ -462,9 +485,9 @@ def _evaluate(run: _Run, progress: _Progress, test_split: dict,
   with progress.timed('attention_stats'):
     stats_S = steps_lib.attention_statistics(
         steps, params, test.tokens[:config.stats_examples],
-        config.stats_batch_size)
+        config.stats_batch_size, run.batches.buckets)
     maps_SNHTT = _review_maps(steps, params, test.tokens[review],
-                              data.PAD_ID)
+                              run.batches.buckets)
   test_S = mask_diverged(test_S, progress.diverged)
   stats_S = mask_diverged(stats_S, progress.diverged)
   layer_S = attn_stats.per_layer(stats_S)
@@ -499,7 +522,8 @@ def _write_summary(run: _Run, progress: _Progress,
       history=progress.history, diverged=progress.diverged,
       final_attention=final_attention,
       sparsity_thresholds=_threshold_descriptions(),
-      phase_s=progress.phase_s))
+      phase_s=progress.phase_s,
+      train_batches=_train_batches(progress)))
   if distributed.is_primary():
     workdir_lib.write_summary(run.workdir, value)
   return value
@@ -515,6 +539,27 @@ def _save(run: _Run, progress: _Progress,
       'wall_time_s': progress.wall_before + time.time() - run.start_time,
       'phase_s': progress.phase_s,
       'config_hash': workdir_lib.config_hash(run.cfg)})
+
+
+def _train_batches(progress: _Progress) -> dict[str, float]:
+  """Padding share and positions per example of the steps done so far."""
+  real, positions = progress.positions / max(progress.step, 1)
+  return {'padding_share': 1 - real / positions if positions else 0.0,
+          'positions_per_example': positions}
+
+
+def call_end(config: Any, batches: data.TrainBatches, step: int,
+             end: int) -> int:
+  """Where the training call from `step` ends, at `end` at the latest.
+
+  After steps_per_call steps, or where the batches' length (bucket)
+  changes: a call is one compiled program, of one length. The batches do
+  not depend on where calls end, so neither do the results.
+  """
+  limit = min(step + config.steps_per_call, end)
+  length = batches.length(step)
+  return next((s for s in range(step + 1, limit)
+               if batches.length(s) != length), limit)
 
 
 def format_seconds(seconds: float) -> str:

@@ -289,11 +289,13 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
             final_attention: dict[str, np.ndarray] | None,
             sparsity_thresholds: Mapping[str, str],
             cost: dict | None = None,
-            phase_s: Mapping[str, float] | None = None) -> dict:
+            phase_s: Mapping[str, float] | None = None,
+            train_batches: Mapping[str, float] | None = None) -> dict:
   """The machine-readable summary of a run (see README, 'Workdir').
 
   `cost` is cost.summary's FLOP and KV-cache accounting of the model;
-  `phase_s` the wall time spent in each phase of the loop.
+  `phase_s` the wall time spent in each phase of the loop; `train_batches`
+  the training batches' padding share and positions per example.
   """
   last = history[-1] if history else {}
   # The task's test metrics: accuracy for the classifier; perplexity and
@@ -319,6 +321,7 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
       'completed_steps': completed_steps,
       'finished': completed_steps == config['num_train_steps'],
       'wall_time_s': wall_time_s, 'phase_s': dict(phase_s or {}),
+      'train_batches': dict(train_batches or {}),
       'num_layers': m['num_layers'],
       'num_heads': m['num_heads'],
       'sparsity_thresholds': dict(sparsity_thresholds), 'params': params,

@@ -319,3 +319,162 @@ def test_unknown_tokenizer_is_refused_naming_the_choices(tmp_path):
   with pytest.raises(ValueError, match=r"config.data.tokenizer must be one of "
                      r"\('sentencepiece', 'words'\), got 'bpe'"):
     data.check_fields(_config(tokenizer='bpe'))
+
+
+def _split_of_lengths(lengths) -> data.Split:
+  """Row i: its index + 1, then PAD-free filler up to lengths[i] tokens."""
+  lengths = np.asarray(lengths)
+  tokens = np.zeros([len(lengths), lengths.max()], np.int32)
+  for i, n in enumerate(lengths):
+    tokens[i, :n] = 2
+    tokens[i, 0] = i + 1
+  return data.Split(tokens, (np.arange(len(lengths)) % 2).astype(np.int32))
+
+
+def test_bucketing_off_is_one_shuffle_per_epoch_cut_in_order():
+  """The orders of before bucketing, by hand: shared and per replica."""
+  n, b = 10, 3
+  shared = data.TrainBatches(_split(n), b, data_seed=4)
+  replicas = data.TrainBatches(_split(n), b, data_seed=4, replica_seeds=[5, 9])
+  one_bucket = data.TrainBatches(_split(n), b, data_seed=4, buckets=(4,),
+                                 run_steps=2)
+  for step in range(7):
+    epoch, offset = divmod(step, 3)
+    rows = slice(offset * b, (offset + 1) * b)
+    order = np.random.default_rng([4, 1, epoch]).permutation(n)
+    np.testing.assert_array_equal(shared.rows(step), order[rows])
+    np.testing.assert_array_equal(one_bucket.rows(step), order[rows])
+    for i, seed in enumerate([5, 9]):
+      order = np.random.default_rng([4, 2, seed, epoch]).permutation(n)
+      np.testing.assert_array_equal(replicas.rows(step)[i], order[rows])
+    assert shared.length(step) == 4
+
+
+def test_token_lengths_and_the_smallest_bucket_that_holds_a_review():
+  tokens = np.array([[0, 0, 0, 0], [5, 0, 0, 0], [5, 6, 7, 0], [5, 0, 7, 0],
+                     [5, 6, 7, 8]], np.int32)
+  np.testing.assert_array_equal(data.token_lengths(tokens), [0, 1, 3, 3, 4])
+  np.testing.assert_array_equal(data.bucket_index(tokens, (1, 3, 4)),
+                                [0, 0, 1, 1, 2])
+  np.testing.assert_array_equal(data.bucket_index(tokens, (2, 4)),
+                                [0, 0, 1, 1, 1])
+
+
+def test_reviews_go_to_their_smallest_bucket_when_buckets_fill_batches():
+  """Bucket counts that are multiples of the batch: nothing is carried."""
+  lengths = [2] * 8 + [5] * 4 + [8] * 12  # Buckets 3, 6, 8: 2, 1, 3 batches.
+  split = _split_of_lengths(lengths)
+  batches = data.TrainBatches(split, 4, 0, replica_seeds=[1, 2],
+                              buckets=(3, 6, 8), run_steps=2)
+  assert batches.steps_per_epoch == 6
+  own = np.array([3, 6, 8])[data.bucket_index(split.tokens, (3, 6, 8))]
+  for step in range(12):
+    rows = batches.rows(step)
+    assert (own[rows] == batches.length(step)).all()
+    batch = batches(step)
+    assert batch['tokens'].shape == (2, 4, batches.length(step))
+    # Cut to the bucket, nothing real is lost.
+    np.testing.assert_array_equal(
+        (batch['tokens'] != data.PAD_ID).sum(-1),
+        np.asarray(lengths)[rows])
+  assert [batches.length(s) for s in range(6)].count(8) == 3
+
+
+def test_each_epoch_visits_every_review_once_in_every_replica():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 13, size=47)
+  split = _split_of_lengths(lengths)
+  buckets = (3, 5, 9, 12)
+  seeds = [3, 4, 5]
+  batches = data.TrainBatches(split, 4, 7, replica_seeds=seeds,
+                              buckets=buckets, run_steps=3)
+  assert batches.steps_per_epoch == 11  # 47 // 4: 3 reviews skipped.
+  own = np.asarray(buckets)[data.bucket_index(split.tokens, buckets)]
+  for epoch in range(2):
+    steps = range(epoch * 11, (epoch + 1) * 11)
+    rows = np.stack([batches.rows(s) for s in steps], axis=1)  # [S, X, B]
+    for replica in rows:
+      seen = replica.ravel()
+      assert len(set(seen)) == len(seen) == 44
+    # Every review fits its batch's length; the ones that ride in a longer
+    # bucket than their own are the leftovers carried up, under a batch per
+    # bucket change.
+    length_X = np.array([batches.length(s) for s in steps])
+    assert (own[rows] <= length_X[None, :, None]).all()
+    carried = (own[rows] < length_X[None, :, None]).sum(axis=(1, 2))
+    assert (carried <= 3 * (len(buckets) - 1)).all()
+
+
+def test_the_bucket_schedule_is_shared_and_each_replica_draws_its_own():
+  rng = np.random.default_rng(1)
+  split = _split_of_lengths(rng.integers(1, 13, size=60))
+  kwargs = dict(buckets=(4, 8, 12), run_steps=2)
+  seeds = [3, 4]
+  both = data.TrainBatches(split, 4, 7, replica_seeds=seeds, **kwargs)
+  lengths = [both.length(s) for s in range(30)]
+  assert len(set(lengths)) == 3
+  for i, seed in enumerate(seeds):
+    alone = data.TrainBatches(split, 4, 7, replica_seeds=[seed], **kwargs)
+    assert [alone.length(s) for s in range(30)] == lengths
+    for step in (0, 17, 29):
+      np.testing.assert_array_equal(alone.rows(step)[0], both.rows(step)[i])
+  assert any(not np.array_equal(*both.rows(s)) for s in range(15))
+  shared = data.TrainBatches(split, 4, 7, **kwargs)
+  assert [shared.length(s) for s in range(30)] == lengths
+  assert shared.rows(0).shape == (4,)
+  # The schedule depends on the data seed and the epoch only.
+  other = data.TrainBatches(split, 4, 8, replica_seeds=seeds, **kwargs)
+  assert [other.length(s) for s in range(30)] != lengths
+  assert lengths[:15] != lengths[15:]
+
+
+def test_bucket_runs_hold_run_steps_steps_of_one_bucket():
+  split = _split_of_lengths([2] * 40 + [6] * 40)  # 10 batches each.
+  runs = data.TrainBatches(split, 4, 0, buckets=(3, 6), run_steps=5)
+  singles = data.TrainBatches(split, 4, 0, buckets=(3, 6), run_steps=1)
+  for batches, boundaries in ((runs, {5, 10, 15}), (singles, set(range(20)))):
+    lengths = [batches.length(s) for s in range(20)]
+    assert lengths.count(3) == lengths.count(6) == 10
+    changes = {s for s in range(1, 20) if lengths[s] != lengths[s - 1]}
+    # Runs of 5 steps: the bucket changes only where a run ends.
+    assert changes <= boundaries
+  assert len({s for s in range(1, 20)
+              if singles.length(s) != singles.length(s - 1)}) > 3
+
+
+def test_positions_count_real_tokens_and_padding():
+  split = _split_of_lengths([1, 3, 4, 4])
+  batches = data.TrainBatches(split, 2, 0, buckets=(3, 4))
+  # Bucket 3: rows of 1 and 3 tokens (padding 2 of 6); bucket 4: no padding.
+  real, positions = batches.positions(0, 2)
+  assert (real, positions) == (3.0, 3.5)
+  unbucketed = data.TrainBatches(split, 2, 0)
+  assert unbucketed.positions(0, 2) == (3.0, 4.0)
+
+
+def test_by_bucket_cuts_each_bucket_to_its_length_in_order():
+  split = _split_of_lengths([1, 6, 2, 3, 6])
+  parts = data.by_bucket(split, (3, 4, 6))
+  assert [p.tokens.shape for p in parts] == [(3, 3), (2, 6)]
+  np.testing.assert_array_equal(parts[0].tokens[:, 0], [1, 3, 4])
+  np.testing.assert_array_equal(parts[1].labels, [1, 0])
+  assert data.by_bucket(split, (6,)) == [split]
+
+
+@pytest.mark.parametrize('text,match', [
+    ('16,8', 'must increase'),
+    ('8,x', 'must be comma-separated ints'),
+    ('0,16', 'must increase'),
+    ('8,12', 'must end at config.data.max_length=16'),
+])
+def test_bad_bucket_lengths_name_the_field(text, match):
+  with pytest.raises(ValueError, match=f'config.data.bucket_lengths {match}'):
+    data.check_fields(_config(bucket_lengths=text))
+
+
+def test_bucket_lengths_parse_and_default_to_max_length():
+  assert data.bucket_lengths(_config(bucket_lengths='4, 8,16')) == (4, 8, 16)
+  assert data.bucket_lengths(_config(bucket_lengths='')) == (16,)
+  assert data.bucket_lengths(_config()) == (16,)  # A config before buckets.
+  with pytest.raises(ValueError, match='config.data.bucket_run_steps'):
+    data.check_fields(_config(bucket_run_steps=0))

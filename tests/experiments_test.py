@@ -24,7 +24,8 @@ def _main_commands(lines):
   return [line for line in lines if 'jax_attnshare.main' in line]
 
 
-@pytest.mark.parametrize('arg', ['tiny', 'tiny,regime=blog'])
+@pytest.mark.parametrize('arg', ['tiny', 'tiny,regime=blog',
+                                 'tiny,regime=blog32'])
 def test_blog_grid_commands_pass_the_checks_per_replica_order(arg, tmp_path):
   commands = _main_commands(_dry_run('all', arg, str(tmp_path)))
   # Experiments 1 and 2 share none and kqv: 10 commands, 8 workdirs.

@@ -2,6 +2,7 @@
 
 import ast
 import glob
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from jax_attnshare import configs
 from jax_attnshare import cost
+from jax_attnshare import data
 from jax_attnshare import train
 from jax_attnshare.posthoc import study
 
@@ -47,7 +49,8 @@ def _cases():
         yield path, ','.join(a for a in (size, variant) if a)
     if 'regime' in names:
       for size in SIZES:
-        yield path, ','.join(a for a in (size, 'regime=blog') if a)
+        for regime in configs.REGIMES[1:]:
+          yield path, ','.join(a for a in (size, f'regime={regime}') if a)
     if 'seeds' in names:
       yield path, 'seeds=3'
 
@@ -145,41 +148,59 @@ def test_help_shows_the_config_args_and_overrides(tmp_path):
 
 @pytest.mark.parametrize('size', SIZES)
 def test_regimes_resolve_to_their_fields(size):
-  clean = configs.load_config(
-      os.path.join(ROOT, 'configs', f'k_share.py:{size}'))
-  blog = configs.load_config(
-      os.path.join(ROOT, 'configs', f'k_share.py:{size},regime=blog'))
-  assert (clean.regime, blog.regime) == ('clean', 'blog')
+  path = os.path.join(ROOT, 'configs', 'k_share.py')
+  clean = configs.load_config(f'{path}:{size}')
+  blog = configs.load_config(f'{path}:{size},regime=blog')
+  blog32 = configs.load_config(f'{path}:{size},regime=blog32')
+  assert (clean.regime, blog.regime, blog32.regime) == (
+      'clean', 'blog', 'blog32')
   assert clean.model.padding_mask and clean.model.pooling_mask
   assert clean.model.init == 'flax'
   assert clean.data.tokenizer == 'sentencepiece'
   assert clean.data.seed_mode == 'shared'
-  assert not blog.model.padding_mask and not blog.model.pooling_mask
-  assert blog.model.init == 'pytorch' and blog.model.dropout_rate == 0
-  assert blog.model.pooling == 'mean'
-  assert (blog.opt.name, blog.opt.schedule, blog.opt.weight_decay,
-          blog.opt.clip_norm) == ('adam', 'constant', 0.0, 1.0)
-  assert blog.data.tokenizer == 'words'
-  assert blog.data.seed_mode == 'per_seed'
+  assert clean.data.bucket_lengths == ''
+  for b in (blog, blog32):
+    assert not b.model.padding_mask and not b.model.pooling_mask
+    assert b.model.init == 'pytorch' and b.model.dropout_rate == 0
+    assert b.model.pooling == 'mean'
+    assert (b.opt.name, b.opt.schedule, b.opt.weight_decay,
+            b.opt.clip_norm) == ('adam', 'constant', 0.0, 1.0)
+    assert b.data.tokenizer == 'words'
+    assert b.data.seed_mode == 'per_seed'
+  # The blog regime reads up to 512 words in length buckets (the last 512);
+  # blog32 its heatmap's 32 words, every batch padded to them.
+  assert blog32.data.max_length == (16 if size == 'tiny' else 32)
+  assert data.bucket_lengths(blog32.data) == (blog32.data.max_length,)
+  assert blog.data.max_length == 512
+  buckets = data.bucket_lengths(blog.data)
+  assert len(buckets) > 1 and buckets[-1] == 512
+  # A call cannot cross a bucket change: longer calls would scan idle steps.
+  assert blog.steps_per_call <= blog.data.bucket_run_steps
+  assert clean.batch_size == blog.batch_size == blog32.batch_size
   if not size:
-    assert (blog.model.num_layers, blog.model.width,
-            blog.model.num_heads) == (3, 128, 8)
-    assert blog.num_train_steps == 11_715  # 15 epochs of 25,000 at batch 32.
-    assert blog.opt.learning_rate == 1e-4
-    # Warm-up over 10,000 examples.
-    assert blog.opt.warmup_steps * blog.batch_size == pytest.approx(
-        10_000, abs=blog.batch_size)
-    assert (blog.data.vocab_size, blog.data.max_length) == (50_000, 32)
+    assert buckets == (80, 128, 160, 192, 240, 304, 384, 512)
+    for b in (blog, blog32):
+      assert (b.model.num_layers, b.model.width,
+              b.model.num_heads) == (3, 128, 8)
+      assert b.num_train_steps == 11_715  # 15 epochs of 25,000 at batch 32.
+      assert b.opt.learning_rate == 1e-4
+      assert (b.data.vocab_size, b.batch_size) == (50_000, 32)
+      # Warm-up over 10,000 examples, whatever the batch size.
+      assert b.opt.warmup_steps == 312
+      b.batch_size = 4  # The base code's, as --config.batch_size=4 sets it.
+      assert b.opt.warmup_steps == 2500
+      assert json.loads(b.to_json())['opt']['warmup_steps'] == 2500
   # The regime changes nothing else: same sharing, sizes, seeds and (but at
-  # `:cpu`, where a 32-token step is cheaper) loop.
-  same = ('num_seeds', 'batch_size', 'sharing') + (
+  # `:cpu`, where a step's cost depends on the length) loop.
+  same = ('num_seeds', 'sharing') + (
       () if size == 'cpu' else ('num_train_steps', 'eval_every_steps'))
-  assert all(clean[k] == blog[k] for k in same)
-  assert clean.model.width == blog.model.width
+  for b in (blog, blog32):
+    assert all(clean[k] == b[k] for k in same)
+    assert clean.model.width == b.model.width
 
 
 def test_unknown_regime_is_refused_naming_the_choices():
   with pytest.raises(ValueError, match=r"regime must be one of \('clean', "
-                     r"'blog'\), got 'pytorch'"):
+                     r"'blog', 'blog32'\), got 'pytorch'"):
     configs.load_config(os.path.join(ROOT, 'configs', 'kv_share.py') +
                         ':regime=pytorch')

@@ -157,7 +157,7 @@ def test_scanned_steps_run_without_the_host():
   split = steps.put_split(_split(np.random.default_rng(6)))
   hlo = steps.scanned_steps.lower(
       state, window, split, steps.put_rows(np.zeros((3, B), np.int32)), 0,
-      length=3).compile().as_text()
+      steps=3, length=None).compile().as_text()
   assert 'conditional' not in hlo
   loops = re.findall(r'.* while\(.*', hlo)
   trip_counts = [re.search(r'"known_trip_count":\{"n":"(\d+)"\}', loop)
@@ -181,6 +181,93 @@ def test_resident_evaluation_sums_the_eval_batches():
   np.testing.assert_allclose(got['loss'], total['loss_sum'] / total['count'],
                              rtol=1e-6)
   assert total['count'][0] == 11
+
+
+def _unmasked_model():
+  """Attends to padding, as the blog regime: a review's bucket matters."""
+  spec = sharing.SharingSpec(num_layers=2, components=('key',),
+                             layer_groups=((0, 1),))
+  return model_lib.Classifier(model_lib.ModelConfig(
+      vocab_size=V, max_length=T, sharing=spec, width=16, num_layers=2,
+      num_heads=2, ffn_width=32, padding_mask=False, pooling_mask=False))
+
+
+def _split_of_lengths(rng, n):
+  """Reviews of 1 to T tokens, then padding."""
+  tokens = rng.integers(1, V, size=(n, T)).astype(np.int32)
+  lengths = rng.integers(1, T + 1, size=n)
+  tokens[np.arange(T)[None] >= lengths[:, None]] = data.PAD_ID
+  return data.Split(tokens, rng.integers(0, 2, size=n).astype(np.int32))
+
+
+BUCKETS = (3, 5, T)
+
+
+def _unmasked_steps():
+  """Shared-batch SeedSteps of the unmasked model and its initial params."""
+  steps = steps_lib.SeedSteps(_unmasked_model(),
+                              steps_lib.make_optimizer(_opt(), 10), T, S,
+                              False)
+  return steps, steps.init(steps_lib.seed_keys(SEEDS)).params
+
+
+def test_bucketed_device_batches_equal_train_batches():
+  steps = steps_lib.SeedSteps(_unmasked_model(),
+                              steps_lib.make_optimizer(_opt(), 10), T, S,
+                              True, steps_per_call=2)
+  split = _split_of_lengths(np.random.default_rng(3), 40)
+  batches = data.TrainBatches(split, B, 0, SEEDS, BUCKETS, run_steps=2)
+  resident = steps.put_split(split)
+  for step in range(12):
+    length = batches.length(step)
+    rows = steps.put_rows(batches.rows(step)[None])
+    got = jax.device_get(steps_lib.gather_batch(resident, rows[0], length))
+    for name, want in batches(step).items():
+      np.testing.assert_array_equal(got[name], want)
+
+
+def test_resident_evaluation_by_bucket_sums_each_buckets_batches():
+  steps, params = _unmasked_steps()
+  split = _split_of_lengths(np.random.default_rng(5), 13)
+  got = steps_lib.evaluate(steps,
+                           params, steps.put_eval_split(split, B, BUCKETS))
+  # Each review alone at its own bucket's length.
+  bucket_N = data.bucket_index(split.tokens, BUCKETS)
+  correct = np.zeros(S)
+  for tokens, label, b in zip(split.tokens, split.labels, bucket_N):
+    out = steps.eval(params, {'tokens': tokens[None, :BUCKETS[b]],
+                              'labels': label[None],
+                              'weights': np.ones(1, np.float32)})
+    correct += jax.device_get(out['correct'])
+  np.testing.assert_allclose(got['accuracy'], correct / 13)
+  unbucketed = steps_lib.evaluate(steps, params, steps.put_eval_split(split, B))
+  # Padding changes what the unmasked model computes.
+  assert not np.allclose(got['loss'], unbucketed['loss'])
+
+
+def test_bucketed_statistics_are_the_mean_over_reviews_at_their_buckets():
+  steps, params = _unmasked_steps()
+  tokens = _split_of_lengths(np.random.default_rng(6), 10).tokens
+  got = steps_lib.attention_statistics(steps, params, tokens, 4, BUCKETS)
+  bucket_N = data.bucket_index(tokens, BUCKETS)
+  alone = [jax.device_get(steps.stats(params, t[None, :BUCKETS[b]]))
+           for t, b in zip(tokens, bucket_N)]
+  for name in ('entropy', 'padding_mass', 'head_correlation', 'js_adjacent',
+               'sparsity_all_tokens_rel_1'):
+    np.testing.assert_allclose(
+        got[name], np.mean([a[name] for a in alone], axis=0), rtol=1e-5,
+        atol=1e-6, err_msg=name)
+
+
+def test_unbucketed_statistics_are_the_plain_mean_of_equal_chunks():
+  steps, params = _unmasked_steps()
+  tokens = _split_of_lengths(np.random.default_rng(6), 12).tokens
+  got = steps_lib.attention_statistics(steps, params, tokens, 4)
+  chunks = [jax.device_get(steps.stats(params, tokens[i:i + 4]))
+            for i in range(0, 12, 4)]
+  want = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *chunks)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
 def test_too_many_steps_for_one_call_are_refused():

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 
 from jax_attnshare import configs
 from jax_attnshare import data
+from jax_attnshare import model as model_lib
 from jax_attnshare import steps as steps_lib
 from jax_attnshare import train
 from jax_attnshare import workdir as workdir_lib
@@ -24,8 +25,8 @@ from jax_attnshare.report import build
 jax.config.update('jax_disable_most_optimizations', True)
 
 
-def _config(condition='kv'):
-  return configs.classifier_config(condition, 'tiny')
+def _config(condition='kv', arg='tiny'):
+  return configs.classifier_config(condition, arg)
 
 
 def _summary(workdir):
@@ -63,10 +64,14 @@ def test_tiny_run_writes_workdir(tmp_path, fake_texts):
   assert os.path.exists(os.path.join(workdir, 'tokenizer', 'spm.model'))
 
 
+# The blog regime: 512 words in length buckets, calls cut where they change.
+@pytest.mark.parametrize('arg', [
+    'tiny', pytest.param('tiny,regime=blog', marks=pytest.mark.slow)])
 def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
-                                               monkeypatch):
-  straight = train.train_and_evaluate(_config(), str(tmp_path / 'a'),
+                                               monkeypatch, arg):
+  straight = train.train_and_evaluate(_config(arg=arg), str(tmp_path / 'a'),
                                      read_texts=fake_texts)
+  assert 0 < straight['train_batches']['padding_share'] < 1
   workdir = str(tmp_path / 'b')
   real_rows = data.TrainBatches.rows
 
@@ -77,7 +82,7 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
 
   monkeypatch.setattr(data.TrainBatches, 'rows', crash_at_step_5)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+    train.train_and_evaluate(_config(arg=arg), workdir, read_texts=fake_texts)
   crashed = _summary(workdir)
   assert not crashed['finished'] and crashed['completed_steps'] == 3
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
@@ -85,17 +90,67 @@ def test_crash_then_rerun_equals_uninterrupted(tmp_path, fake_texts,
   monkeypatch.setattr(data.TrainBatches, 'rows', real_rows)
   # The seeds one at a time in each step would sum in another order: that
   # is another experiment, refused before anything runs.
-  chunked = _config()
+  chunked = _config(arg=arg)
   chunked.seed_chunk = 1
   with pytest.raises(ValueError, match='config.seed_chunk: 0 in the workdir'):
     train.train_and_evaluate(chunked, workdir, read_texts=fake_texts)
-  resumed = train.train_and_evaluate(_config(), workdir,
+  resumed = train.train_and_evaluate(_config(arg=arg), workdir,
                                      read_texts=fake_texts)
   assert resumed['finished']
   _assert_same_results(resumed, straight)
+  assert resumed['train_batches'] == straight['train_batches']
   # Rerunning a finished workdir changes nothing.
-  again = train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  again = train.train_and_evaluate(_config(arg=arg), workdir,
+                                   read_texts=fake_texts)
   assert again['history'] == resumed['history']
+
+
+def _bucketed(steps_per_call):
+  """A tiny unmasked model and batches in buckets 4, 8, 16, runs of 2."""
+  config = _config(arg='tiny,regime=blog')
+  config.steps_per_call = steps_per_call
+  config.data.update(max_length=16, bucket_lengths='4,8,16')
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(2, 50, (64, 16)).astype(np.int32)
+  tokens[np.arange(16)[None] >= rng.integers(1, 17, (64, 1))] = data.PAD_ID
+  split = data.Split(tokens, rng.integers(0, 2, 64).astype(np.int32))
+  batches = data.TrainBatches(split, config.batch_size, 0, [0, 1],
+                              data.bucket_lengths(config.data),
+                              data.bucket_run_steps(config.data))
+  mcfg = train.check_config(config)
+  steps = steps_lib.SeedSteps(
+      model_lib.make_model(mcfg),
+      steps_lib.make_optimizer(config.opt, config.num_train_steps), 16, 2,
+      True, steps_per_call=steps_per_call)
+  return config, batches, steps, split
+
+
+def test_calls_never_cross_a_bucket_change_and_do_not_change_results():
+  finals = []
+  for steps_per_call in (1, 5):
+    config, batches, steps, split = _bucketed(steps_per_call)
+    state, window = steps.init(steps_lib.seed_keys([0, 1])), steps.zero_window()
+    resident, step, calls = steps.put_split(split), 0, []
+    while step < 20:
+      end = train.call_end(config, batches, step, 20)
+      calls.append((step, end))
+      rows = steps.put_rows(np.stack([batches.rows(s)
+                                      for s in range(step, end)]))
+      state, window = steps.train_steps(state, window, resident, rows,
+                                        end - step,
+                                        length=batches.length(step))
+      step = end
+    finals.append(jax.device_get((state.params, state.opt_state, window)))
+    lengths = [batches.length(s) for s in range(20)]
+    for start, end in calls:
+      assert 1 <= end - start <= steps_per_call
+      assert len(set(lengths[start:end])) == 1
+  assert len(set(lengths)) == 3
+  # Calls of 5 end early where the bucket changes, and only there.
+  assert any(end - start < 5 and lengths[end] != lengths[end - 1]
+             for start, end in calls if end < 20)
+  for got, want in zip(*map(jax.tree.leaves, finals)):
+    np.testing.assert_array_equal(got, want)
 
 
 def _assert_same_results(summary, expected):
