@@ -159,7 +159,11 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
       # 'shared': one batch stream for all replicas (paired comparisons);
       # 'per_seed': replica i shuffles with its own seed.
       seed_mode='shared', tokenizer_train_examples=25_000,
-      allow_download=True))
+      allow_download=True,
+      # Where the tokenized splits are kept (data_cache.py): '' = a folder
+      # in the TFDS data dir, or ~/.cache/jax_attnshare/prepared where that
+      # cannot be written.
+      cache_dir=''))
   c.opt = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-4, warmup_steps=313,
       schedule='constant', weight_decay=0.01, clip_norm=1.0, b1=0.9,
