@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable, Mapping
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
@@ -234,10 +233,9 @@ def _train(config: Any, workdir: str, config_name: str,
     progress = _restore_or_init(run, ckpt)
     writers = _open_writers(run, progress.step)
     try:
-      with metric_writers.ensure_flushes(*writers.all):
-        _train_loop(run, progress, ckpt, writers)
+      _train_loop(run, progress, ckpt, writers)
     finally:
-      writers.close()
+      writers.close()  # Which flushes them.
   finally:
     ckpt.close()
   summary = progress.summary
