@@ -111,6 +111,10 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
   c.heatmap_example = 0
   # Stop the whole run on a non-finite loss instead of flagging the replica.
   c.halt_on_nonfinite = False
+  # Where compiled programs are kept for later runs (jax's persistent
+  # compilation cache): '' = ~/.cache/jax_attnshare/compilation on a GPU or
+  # TPU, none on a CPU; 'off' = none; else that folder (see compilation.py).
+  c.compilation_cache_dir = ''
 
   c.model = ml_collections.ConfigDict(dict(
       width=128, num_layers=3, num_heads=8, ffn_multiplier=4, num_classes=2,

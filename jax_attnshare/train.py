@@ -23,6 +23,7 @@ import numpy as np
 
 from jax_attnshare import attn_stats
 from jax_attnshare import checkpoint
+from jax_attnshare import compilation
 from jax_attnshare import cost
 from jax_attnshare import data
 from jax_attnshare import data_cache
@@ -165,6 +166,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   """
   start_time = time.time()
   mcfg, entry = _prepare(config, workdir, read_texts)
+  compilation.use_cache(config)
   os.makedirs(workdir, exist_ok=True)
   try:
     # The lock names one pid on one host: process 0 holds it for them all.

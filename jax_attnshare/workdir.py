@@ -41,7 +41,7 @@ REQUIRED_SUMMARY_KEYS = ('condition', 'seeds', 'per_seed', 'finished')
 # in the same order (tested bit-exact on a CPU).
 OPERATIONAL_FIELDS = ('log_every_steps', 'eval_every_steps',
                       'ckpt_every_steps', 'max_to_keep', 'halt_on_nonfinite',
-                      'steps_per_call')
+                      'steps_per_call', 'compilation_cache_dir')
 DATA_LOCATION_FIELDS = ('data_dir', 'allow_download', 'cache_dir')
 
 
