@@ -30,6 +30,7 @@ import tempfile
 import time
 from typing import Any, Callable
 import zipfile
+import zlib
 
 from absl import logging
 import numpy as np
@@ -240,9 +241,11 @@ def _read_entry(path: str, meta: dict, data_config: Any) -> Entry:
       splits = {split: data.Split(npz[f'{split}_tokens'].astype(np.int32),
                                   npz[f'{split}_labels'].astype(np.int32))
                 for split in _SPLITS}
-  # BadZipFile and EOFError: truncated or damaged (the zip's CRC); KeyError:
-  # an array missing; ValueError: not an array, or shapes that disagree.
-  except (OSError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as e:
+  # BadZipFile, zlib.error and EOFError: truncated or damaged (the zip's
+  # CRC); KeyError: an array missing; ValueError: not an array, or shapes
+  # that disagree.
+  except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError,
+          ValueError) as e:
     raise _unreadable(path, SPLITS_FILE, e) from e
   file = data.tokenizer_file_name(kind)
   try:
@@ -253,7 +256,7 @@ def _read_entry(path: str, meta: dict, data_config: Any) -> Entry:
   if misfit:
     raise CacheError(f'{os.path.join(path, misfit[0])} is not what it '
                      f'should be ({misfit[1]}); {_how_to_rebuild(path)}.')
-  logging.info('Read prepared data %s in %.1fs: %d train, %d test examples '
+  logging.info('Read prepared data %s in %.2fs: %d train, %d test examples '
                '(prepared %s from %s).', path, time.time() - start,
                len(splits['train']), len(splits['test']),
                meta['prepared'].get('time'), meta['source'])
@@ -340,10 +343,11 @@ def _write_entry(path: str, meta: dict, splits: dict[str, data.Split],
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{name}.tmp-')
   try:
-    # uint16 halves the entry (a 16k vocabulary's full IMDB at 256 tokens
-    # is 26 MB, not 51), so that it fits where only a checkout travels.
+    # uint16 and compression make the full clean regime's entry (a 16k
+    # vocabulary, 50,000 reviews at 256 tokens) 14 MB, not 51, so that it
+    # travels with a checkout; reading it takes a quarter second more.
     dtype = np.uint16 if meta['fields']['vocab_size'] <= 2**16 else np.int32
-    np.savez(os.path.join(tmp, SPLITS_FILE), **{
+    np.savez_compressed(os.path.join(tmp, SPLITS_FILE), **{
         f'{split}_{array}': getattr(values, array).astype(
             dtype if array == 'tokens' else np.int32)
         for split, values in splits.items()

@@ -190,7 +190,7 @@ def _truncated(path):
 
 
 def _flipped(path):
-  """One byte of the array data changed: the zip's CRC catches it."""
+  """One byte of the compressed arrays changed."""
   contents = bytearray(path.read_bytes())
   contents[len(contents) // 3] ^= 0xFF
   path.write_bytes(bytes(contents))
