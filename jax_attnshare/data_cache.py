@@ -269,7 +269,8 @@ def _read_texts(data_config: Any, read_texts: Callable | None,
   """The texts to prepare from, through tensorflow-datasets unless given."""
   if read_texts is None:
     try:
-      import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
+      # pylint: disable-next=g-import-not-at-top,unused-import
+      import tensorflow_datasets
     except ImportError as e:
       folder, name = os.path.split(path)
       raise data.DataMissingError(

@@ -250,8 +250,7 @@ def _train(config: Any, workdir: str, config_name: str,
 def _set_up(config: Any, workdir: str, config_name: str,
             mcfg: model_lib.ModelConfig, entry: data_cache.Entry,
             start_time: float) -> _Run:
-  """Checks the held workdir, writes config.json and the tokenizer, builds
-  steps."""
+  """Checks the workdir, writes config.json and tokenizer/, builds the steps."""
   cfg = workdir_lib.config_dict(config)
   # Again, now that the workdir is ours: a run that held it meanwhile may
   # have trained there.

@@ -55,10 +55,11 @@ def writer_library() -> ModuleType:
 
   clu's imports TensorFlow; both write the same tags.
   """
+  # pylint: disable=g-import-not-at-top
   try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    from clu import metric_writers
   except ImportError as e:
-    from jax_attnshare import event_writers  # pylint: disable=g-import-not-at-top
+    from jax_attnshare import event_writers
     logging.info('TensorBoard events are written by tensorboard\'s event '
                  'writer: clu cannot be imported (%s).', e)
     return event_writers
