@@ -315,6 +315,7 @@ def test_prepare_command_writes_the_entry_main_reads(tmp_path):
   assert data_cache.load_or_prepare(config.data).path == path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('override,expected', [
     ('--config.data.vocab_size=2', 'config.data.vocab_size must be an int >= '
      '3, got 2'),

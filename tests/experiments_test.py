@@ -47,6 +47,7 @@ def test_blog_grid_commands_pass_the_checks_per_replica_order(arg, tmp_path):
     train.check_config(_config(command))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arg', ['tiny', 'tiny,regime=blog'])
 def test_blog_grid_prepares_the_data_every_condition_reads_once(arg,
                                                                  tmp_path):
@@ -68,6 +69,7 @@ def _finish(workdir, config_name, seed_mode='per_seed', finished=True):
                'seed_mode': seed_mode}, f)
 
 
+@pytest.mark.slow
 def test_blog_grid_skips_finished_conditions_and_resumes_the_others(
     tmp_path):
   _finish(tmp_path / 'kv', 'configs/kv_share.py:tiny')

@@ -73,6 +73,7 @@ print(sorted({m.split('.')[0] for m in sys.modules}))
 """
 
 
+@pytest.mark.slow
 def test_commands_import_no_tensorflow_tfds_or_clu():
   """A machine without them runs main (without_tensorflow_test)."""
   out = subprocess.run([sys.executable, '-c', _COMMANDS_LOAD], check=True,
