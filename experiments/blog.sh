@@ -17,23 +17,44 @@
 #       --compare_runs OUT/clean --out OUT/report
 #
 # Experiment 1 compares none, kv, kq, qv, kqv; experiment 2 none, k, q, v, kqv.
-# Each condition trains once into OUT/<condition> (rerunning resumes or skips
-# finished runs), so OUT holds all 8 and its report tests the whole family of
-# the blog's claims (docs/statistics.md):
+# The data is prepared once per regime (python -m jax_attnshare.prepare: IMDB
+# read and the tokenizer trained), and every condition reads it. Each
+# condition trains once into OUT/<condition>: a condition whose summary.json
+# says it finished (with the same config and seed mode) is skipped, any other
+# resumes from its last checkpoint, so an interrupted grid goes on where it
+# stopped. OUT holds all 8 conditions and its report tests the whole family
+# of the blog's claims (docs/statistics.md):
 #   python -m jax_attnshare.report --runs OUT --out OUT_report
 # OUT/exp1 and OUT/exp2 link to the conditions each experiment compares; a
 # report on one of them leaves the other's claims untested.
 # Each replica draws its own data order (seed_mode=per_seed), so conclusions
 # generalise over data order; SEED_MODE=shared pairs the conditions on one
 # data order instead (the report then says its comparisons are conditional
-# on it). DRY_RUN=1 prints the commands instead of running them.
+# on it). DRY_RUN=1 prints the commands instead of running them (and says
+# which it would skip); PYTHON=... picks the interpreter.
 set -euo pipefail
+python=${PYTHON:-python}
 run() { if [ -n "${DRY_RUN:-}" ]; then echo "$*"; else "$@"; fi; }
+# Whether WORKDIR holds a finished run of CONFIG_ARG with SEED_MODE.
+finished() {
+  "$python" - "$@" <<'EOF'
+import json, sys
+workdir, config_arg, seed_mode = sys.argv[1:]
+try:
+  with open(f'{workdir}/summary.json') as f:
+    summary = json.load(f)
+except (OSError, ValueError):
+  sys.exit(1)
+sys.exit(not (summary.get('finished') is True
+              and summary.get('config_name') == config_arg
+              and summary.get('seed_mode') == seed_mode))
+EOF
+}
 which=${1:-all}
 if [ "$which" = full ]; then
   out=${2:-runs/blog_full}
   for regime in clean blog; do
-    run python experiments/seed_throughput.py \
+    run "$python" experiments/seed_throughput.py \
       --config="configs/no_share.py:regime=$regime" --estimate_runs=8
   done
   for regime in clean blog; do
@@ -59,14 +80,21 @@ case "$which" in
 esac
 
 suffix=${arg:+:$arg}
+# The conditions differ in what they share, not in their data.
+run "$python" -m jax_attnshare.prepare --config="configs/no_share.py$suffix"
 for experiment in "${experiments[@]}"; do
   declare -n conditions=$experiment
   run mkdir -p "$out/$experiment"
   for condition in "${conditions[@]}"; do
-    run python -m jax_attnshare.main \
-      --config="configs/${config[$condition]}.py$suffix" \
-      --workdir="$out/$condition" --config.data.seed_mode="$seed_mode"
+    config_arg="configs/${config[$condition]}.py$suffix"
+    workdir="$out/$condition"
+    if finished "$workdir" "$config_arg" "$seed_mode"; then
+      echo "Skipping $condition: $workdir holds its finished run."
+    else
+      run "$python" -m jax_attnshare.main --config="$config_arg" \
+        --workdir="$workdir" --config.data.seed_mode="$seed_mode"
+    fi
     run ln -sfn "../$condition" "$out/$experiment/$condition"
   done
 done
-echo "Analyse with: python -m jax_attnshare.report --runs $out --out ${out}_report"
+echo "Analyse with: $python -m jax_attnshare.report --runs $out --out ${out}_report"

@@ -15,6 +15,7 @@
 # Each replica draws its own data order; SEED_MODE=shared pairs the options
 # on one data order instead.
 set -euo pipefail
+python=${PYTHON:-python}
 arg=${1:-cpu}
 out=${2:-runs/options}
 seed_mode=${SEED_MODE:-per_seed}
@@ -42,10 +43,10 @@ runs=(
 
 train() {  # task, workdir name, config, extra config args
   local args=$arg${arg:+${4:+,}}${4:-}
-  python -m jax_attnshare.main --config="configs/$3.py${args:+:$args}" \
+  "$python" -m jax_attnshare.main --config="configs/$3.py${args:+:$args}" \
     --workdir="$out/$1/$2" --config.data.seed_mode="$seed_mode"
 }
 
 for row in "${runs[@]}"; do train $row; done
-echo "Tabulate with: python experiments/options_table.py $out"
-echo "Analyse with: python -m jax_attnshare.report --runs $out/classify --out $out/classify_report"
+echo "Tabulate with: $python experiments/options_table.py $out"
+echo "Analyse with: $python -m jax_attnshare.report --runs $out/classify --out $out/classify_report"

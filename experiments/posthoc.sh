@@ -11,14 +11,15 @@
 # resumes or skips it), then writes OUT/minilm and OUT/none_posthoc, each
 # with results.md (the table), sweep.png, redundancy/ and tb/.
 set -euo pipefail
+python=${PYTHON:-python}
 arg=${1:-cpu}
 out=${2:-runs/posthoc}
 suffix=${arg:+:$arg}
 
-python -m jax_attnshare.posthoc \
+"$python" -m jax_attnshare.posthoc \
   --config="configs/posthoc_minilm.py$suffix" --workdir="$out/minilm"
-python -m jax_attnshare.main \
+"$python" -m jax_attnshare.main \
   --config="configs/no_share.py$suffix" --workdir="$out/none"
-python -m jax_attnshare.posthoc \
+"$python" -m jax_attnshare.posthoc \
   --config="configs/posthoc_trained.py$suffix" \
   --config.source_workdir="$out/none" --workdir="$out/none_posthoc"

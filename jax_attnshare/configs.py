@@ -123,6 +123,10 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
   c.heatmap_example = 0
   # Stop the whole run on a non-finite loss instead of flagging the replica.
   c.halt_on_nonfinite = False
+  # Where compiled programs are kept for later runs (jax's persistent
+  # compilation cache): '' = ~/.cache/jax_attnshare/compilation on a GPU or
+  # TPU, none on a CPU; 'off' = none; else that folder (see compilation.py).
+  c.compilation_cache_dir = ''
 
   c.model = ml_collections.ConfigDict(dict(
       width=128, num_layers=3, num_heads=8, ffn_multiplier=4, num_classes=2,
@@ -178,7 +182,11 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
       # bucket length compiles its own programs.
       bucket_lengths='',
       # Consecutive steps drawn from one bucket (data.TrainBatches).
-      bucket_run_steps=1))
+      bucket_run_steps=1,
+      # Where the tokenized splits are kept (data_cache.py): '' = a folder
+      # in the TFDS data dir, or ~/.cache/jax_attnshare/prepared where that
+      # cannot be written.
+      cache_dir=''))
   c.opt = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-4, warmup_steps=313,
       schedule='constant', weight_decay=0.01, clip_norm=1.0, b1=0.9,

@@ -3,6 +3,9 @@
 Two tokenizers (config.data.tokenizer): a SentencePiece unigram model, and
 the blog's base code's lower-cased whitespace words (torchtext's
 `Field(lower=True)`), its vocabulary the most frequent words.
+
+tensorflow_datasets is imported only when a dataset is read: training reads
+its tokens from data_cache's prepared entries, on machines without it too.
 """
 
 import collections
@@ -13,7 +16,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -22,7 +24,6 @@ from typing import Any
 from absl import logging
 import numpy as np
 import sentencepiece as spm
-import tensorflow_datasets as tfds
 
 PAD_ID = 0
 UNK_ID = 1
@@ -34,6 +35,11 @@ _SUBSET_STREAM = 0
 _ORDER_STREAM = 1
 _REPLICA_ORDER_STREAM = 2
 _BUCKET_SCHEDULE_STREAM = 3
+
+# The version of what clean_text and the tokenizers make of a text: raise
+# it with any change to them, so that no prepared entry of the old tokens
+# is read (data_cache keys its entries by it).
+CLEANING_VERSION = 1
 
 _BREAK_RE = re.compile(r'<br\s*/?>', re.IGNORECASE)
 _SPACE_RE = re.compile(r'\s+')
@@ -48,7 +54,7 @@ def clean_text(text: str) -> str:
   return _SPACE_RE.sub(' ', _BREAK_RE.sub(' ', text)).strip()
 
 
-def _resolve_data_dir(data_dir: str | None) -> str:
+def resolve_data_dir(data_dir: str | None) -> str:
   """Returns the TFDS data dir the same way tfds does when given None."""
   return (data_dir or os.environ.get('TFDS_DATA_DIR')
           or os.path.expanduser('~/tensorflow_datasets'))
@@ -110,7 +116,9 @@ def read_tfds_texts(
     name: str, split: str, data_dir: str | None, allow_download: bool = True
 ) -> tuple[list[str], np.ndarray]:
   """Reads all (text, label) pairs of a supervised TFDS text split."""
-  data_dir = _resolve_data_dir(data_dir)
+  # Imported here: it imports TensorFlow, which only reading needs.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = resolve_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   # Checked before any download so an offline machine fails in seconds
   # instead of retrying the network for minutes.
@@ -171,7 +179,8 @@ def _train_sentencepiece(train_texts: Sequence[str], vocab_size: int,
 
 
 TOKENIZERS = ('sentencepiece', 'words')
-# The file each tokenizer keeps in the workdir's tokenizer/ folder.
+# The file each tokenizer is kept in: in a workdir's tokenizer/ folder and
+# in a prepared entry (data_cache).
 _TOKENIZER_FILES = {'sentencepiece': 'spm.model', 'words': 'words.txt'}
 
 
@@ -221,31 +230,41 @@ class WordTokenizer:
     return ''.join(w + '\n' for w in self.words).encode('utf-8')
 
 
-def _load_tokenizer(kind: str, path: str):
+def load_tokenizer_file(kind: str, path: str):
+  """The `kind` tokenizer kept in the file at `path`."""
   if kind == 'words':
     with open(path, encoding='utf-8') as f:
       return WordTokenizer(f.read().splitlines())
   return spm.SentencePieceProcessor(model_file=path)
 
 
-def _train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int):
-  """Returns (tokenizer, its file's bytes)."""
+def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int):
+  """Returns (tokenizer, the bytes of its file) trained on `texts`.
+
+  Raises ValueError naming config.data.vocab_size when it does not suit them.
+  """
+  check_tokenizer(kind)
+  start = time.time()
   if kind == 'words':
     tokenizer = WordTokenizer.train(texts, vocab_size)
-    return tokenizer, tokenizer.serialized()
-  model = io.BytesIO()
-  try:
-    _train_sentencepiece(texts, vocab_size, model)
-  except RuntimeError as e:
-    reason = _VOCAB_SIZE_ERROR_RE.search(str(e))
-    if not reason:
-      raise
-    raise ValueError(
-        f'config.data.vocab_size={vocab_size} does not suit the '
-        f'{len(texts)} tokenizer training texts (SentencePiece: '
-        f'{reason.group(0)}). Change config.data.vocab_size.') from None
-  return (spm.SentencePieceProcessor(model_proto=model.getvalue()),
-          model.getvalue())
+    serialized = tokenizer.serialized()
+  else:
+    model = io.BytesIO()
+    try:
+      _train_sentencepiece(texts, vocab_size, model)
+    except RuntimeError as e:
+      reason = _VOCAB_SIZE_ERROR_RE.search(str(e))
+      if not reason:
+        raise
+      raise ValueError(
+          f'config.data.vocab_size={vocab_size} does not suit the '
+          f'{len(texts)} tokenizer training texts (SentencePiece: '
+          f'{reason.group(0)}). Change config.data.vocab_size.') from None
+    serialized = model.getvalue()
+    tokenizer = spm.SentencePieceProcessor(model_proto=serialized)
+  logging.info('Trained %s tokenizer (vocab %d) on %d texts in %.1fs', kind,
+               vocab_size, len(texts), time.time() - start)
+  return tokenizer, serialized
 
 
 def tokenizer_kind(data_config: Any) -> str:
@@ -259,45 +278,21 @@ def check_tokenizer(kind: str) -> None:
                      f'got {kind!r}.')
 
 
+def tokenizer_file_name(kind: str) -> str:
+  """The name of the file a `kind` tokenizer is kept in."""
+  check_tokenizer(kind)
+  return _TOKENIZER_FILES[kind]
+
+
 def tokenizer_path(workdir: str, kind: str) -> str:
   """Where a run in `workdir` keeps its tokenizer of kind `kind`."""
-  check_tokenizer(kind)
-  return os.path.join(workdir, 'tokenizer', _TOKENIZER_FILES[kind])
-
-
-def load_or_train_tokenizer(
-    texts: Sequence[str], vocab_size: int, model_path: str,
-    max_train_texts: int, kind: str = 'sentencepiece'):
-  """Loads the `kind` tokenizer at model_path, training it if absent."""
-  check_tokenizer(kind)
-  if os.path.exists(model_path):
-    tokenizer = _load_tokenizer(kind, model_path)
-    if tokenizer.get_piece_size() != vocab_size:
-      raise ValueError(
-          f'Tokenizer {model_path} has {tokenizer.get_piece_size()} pieces '
-          f'but config.data.vocab_size is {vocab_size}; use a fresh workdir '
-          'or delete the tokenizer.')
-    logging.info('Loaded tokenizer %s', model_path)
-    return tokenizer
-  train_texts = list(texts[:max_train_texts])
-  start = time.time()
-  tokenizer, serialized = _train_tokenizer(kind, train_texts, vocab_size)
-  logging.info('Trained %s tokenizer (vocab %d) on %d texts in %.1fs', kind,
-               vocab_size, len(train_texts), time.time() - start)
-  # Written atomically so a crash never leaves a truncated model behind.
-  model_dir = os.path.dirname(os.path.abspath(model_path))
-  os.makedirs(model_dir, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=model_dir, suffix='.tmp')
-  with os.fdopen(fd, 'wb') as f:
-    f.write(serialized)
-  os.replace(tmp_path, model_path)
-  return tokenizer
+  return os.path.join(workdir, 'tokenizer', tokenizer_file_name(kind))
 
 
 def load_tokenizer(workdir: str, data_config: Any):
   """The tokenizer a finished or running training run in workdir wrote."""
   kind = tokenizer_kind(data_config)
-  return _load_tokenizer(kind, tokenizer_path(workdir, kind))
+  return load_tokenizer_file(kind, tokenizer_path(workdir, kind))
 
 
 def encode(tokenizer, texts: Sequence[str],
@@ -475,27 +470,6 @@ def read_dataset(
     splits[split] = SplitTexts([texts[i] for i in index],
                                np.asarray(labels, np.int32)[index])
   return DatasetTexts(splits['train'], splits['test'], first_texts)
-
-
-def tokenize_dataset(texts: DatasetTexts, data_config: Any,
-                     workdir: str) -> TextDataset:
-  """Encodes both splits with the workdir's tokenizer, training it if new."""
-  kind = tokenizer_kind(data_config)
-  tokenizer = load_or_train_tokenizer(
-      texts.tokenizer_texts, data_config.vocab_size,
-      tokenizer_path(workdir, kind), data_config.tokenizer_train_examples,
-      kind)
-  splits = {}
-  for split, split_texts in (('train', texts.train), ('test', texts.test)):
-    start = time.time()
-    tokens = encode(tokenizer, split_texts.texts, data_config.max_length)
-    splits[split] = Split(tokens, split_texts.labels)
-    logging.info('Encoded %d %s texts in %.1fs; %.1f%% fill max_length %d',
-                 len(tokens), split, time.time() - start,
-                 100 * np.mean(tokens[:, -1] != PAD_ID),
-                 data_config.max_length)
-  return TextDataset(splits['train'], splits['test'], tokenizer,
-                     data_config.vocab_size)
 
 
 def token_lengths(tokens_NT: np.ndarray) -> np.ndarray:

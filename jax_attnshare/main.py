@@ -17,6 +17,11 @@ and what they mean are in jax_attnshare/configs.py (classifier_config)
 and jax_attnshare/sharing.py (the sharing spec).
 
 The same command on the same workdir resumes from the latest checkpoint.
+The tokenized data is read from its prepared entry (data_cache.py), which
+the first run with its config.data fields makes (or python -m
+jax_attnshare.prepare): later runs need neither TensorFlow nor
+tensorflow-datasets, and without clu the events are written by tensorboard
+itself.
 
 Several processes (hosts) train one experiment together when each runs the
 same command with --coordinator_address=HOST:PORT (of process 0),
@@ -29,14 +34,11 @@ Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
 
-import difflib
-import logging as pylogging
 import os
-import sys
 
-# TensorFlow only reads data and writes events here; it does no math, so its
-# oneDNN kernels are not needed, and without them and its C++ INFO lines it
-# prints nothing at import.
+# TensorFlow, where installed, only reads data and writes events here; it
+# does no math, so its oneDNN kernels are not needed, and without them and
+# its C++ INFO lines it prints nothing at import.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
@@ -45,28 +47,18 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
-import tensorflow as tf
 
-from jax_attnshare import configs
+from jax_attnshare import cli
 from jax_attnshare import data
 from jax_attnshare import distributed
 from jax_attnshare import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None,
-    'A config file under configs/, optionally with :ARGS (cpu, tiny, '
-    'seeds=N, or a variant the file documents); override fields with '
-    '--config.FIELD=VALUE.',
-    lock_config=True)
+# --help lists --config and --library_logs too.
+flags.adopt_module_key_flags(cli)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None,
     'Where checkpoints, TensorBoard events and summaries go. Default: '
     'runs/<config name>[_<args>] under the current directory.')
-_LIBRARY_LOGS = flags.DEFINE_bool(
-    'library_logs', False,
-    'Also log the INFO lines of the libraries (orbax, tfds, jax); by default '
-    'only their warnings and errors are shown.')
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None,
     'Several processes: HOST:PORT where process 0 serves the others; with '
@@ -85,11 +77,6 @@ _HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100,
     'Several processes: when one has been silent this long, the others stop '
     'the job.')
-flags.mark_flags_as_required(['config'])
-
-# Our package and CLU's logging writer (the metrics) log at INFO.
-_INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
-                 os.path.join('clu', 'metric_writers'))
 
 
 def default_workdir(config_name: str) -> str:
@@ -99,103 +86,47 @@ def default_workdir(config_name: str) -> str:
   return os.path.join('runs', stem + suffix)
 
 
-def _fail(message: str):
-  """Bad input: one line on stderr, exit status 2 (as for a usage error)."""
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+def _hide_accelerators_from_tensorflow() -> None:
+  """Keeps TensorFlow, where installed, off the accelerators JAX uses.
 
-
-def _unknown_field_message(argv: list[str]) -> str | None:
-  """Names the first --config.FIELD override that is not a field."""
-  config_arg = next((a for a in argv if a.startswith('--config=')), None)
-  if config_arg is None:
-    return None
-  node = configs.load_config(config_arg.removeprefix('--config='))
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      continue
-    path = arg.removeprefix('--config.').partition('=')[0]
-    node_here, parents = node, []
-    for name in path.split('.'):
-      fields = list(node_here.keys()) if hasattr(node_here, 'keys') else []
-      if name not in fields:
-        close = difflib.get_close_matches(name, fields, n=1)
-        where = f'config.{".".join(parents)}' if parents else 'config'
-        hint = (f'did you mean --config.{".".join(parents + close)}?'
-                if close else f'{where} has {", ".join(sorted(fields))}.')
-        return f'--config.{path}: no such config field; {hint}'
-      node_here, parents = node_here[name], parents + [name]
-  return None
-
-
-def _one_line(error: Exception) -> str:
-  """An error whose text may hold a traceback, as its first and last line."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  if len(lines) == 1:
-    return lines[0]
-  # The last line of a traceback is 'SomeError: what went wrong'.
-  return f'{lines[0]} {lines[-1].partition(": ")[2] or lines[-1]}'
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse, with every bad flag reported as one line, exit status 2."""
+  tfds and clu import it; a machine without it has nothing to hide.
+  """
   try:
-    rest = flags.FLAGS(argv)
-    path = config_flags.get_config_filename(flags.FLAGS['config'])
-    if not os.path.isfile(path.partition(':')[0]):
-      _fail(f'--config={path}: no such file (the configs are in configs/).')
-    # ml_collections applies the overrides lazily.
-    _CONFIG.value.keys()
-    return rest
-  except flags.Error as e:
-    _fail(_one_line(e).removeprefix('flag '))
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these for an override of a field that does not
-    # exist, with a multi-line hint.
-    _fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
-
-
-class _LibraryInfoFilter(pylogging.Filter):
-  """Passes warnings and errors, and INFO lines only from _INFO_SOURCES."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or any(
-        source in record.pathname for source in _INFO_SOURCES)
+    import tensorflow as tf
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], 'GPU')
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {argv[1:]}; fields are set with '
-          '--config.FIELD=VALUE.')
-  if not _LIBRARY_LOGS.value:
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
-  # tfds and clu import TensorFlow; keep it off the accelerators JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
-  config_name = config_flags.get_config_filename(flags.FLAGS['config'])
+  cli.check_no_arguments(argv)
+  cli.quiet_library_logs()
+  _hide_accelerators_from_tensorflow()
+  config_name = cli.config_name()
   workdir = _WORKDIR.value or default_workdir(config_name)
   cluster = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
              _PROCESS_ID.value, _DISTRIBUTED.value)
   problem = distributed.check_flags(*cluster)
   if problem:
-    _fail(problem)
+    cli.fail(problem)
   if _HEARTBEAT_TIMEOUT_S.value < 1:
-    _fail(f'--heartbeat_timeout_s must be >= 1, got '
-          f'{_HEARTBEAT_TIMEOUT_S.value}.')
+    cli.fail(f'--heartbeat_timeout_s must be >= 1, got '
+             f'{_HEARTBEAT_TIMEOUT_S.value}.')
   try:  # Before anything asks JAX for its devices.
     distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value)
   except (RuntimeError, ValueError) as e:  # No cluster found, or no reply.
-    _fail(f'joining the other processes failed: {_one_line(e)}')
+    cli.fail(f'joining the other processes failed: {cli.one_line(e)}')
   with distributed.ends_job_on_error():
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:
-      train.train_and_evaluate(_CONFIG.value, workdir,
+      train.train_and_evaluate(cli.CONFIG.value, workdir,
                                config_name=config_name)
     except (train.ConfigError, data.DataMissingError,
             distributed.PrimaryFailedError) as e:
       # Not a bug: say what to do, without a traceback.
-      _fail(str(e))
+      cli.fail(str(e))
 
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

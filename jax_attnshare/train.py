@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.metadata
 import os
 import shutil
 import time
 from typing import Any, Callable, Mapping
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
 from jax_attnshare import attn_stats
 from jax_attnshare import checkpoint
+from jax_attnshare import compilation
 from jax_attnshare import cost
 from jax_attnshare import data
+from jax_attnshare import data_cache
 from jax_attnshare import distributed
 from jax_attnshare import model as model_lib
 from jax_attnshare import workdir as workdir_lib
@@ -100,8 +100,8 @@ def _check_workdir_path(workdir: str) -> None:
     raise ValueError(f'--workdir={workdir}: {existing} is not writable.')
 
 
-def _versions() -> dict[str, str]:
-  return {name: importlib.metadata.version(name) for name in VERSIONED}
+def _versions() -> dict[str, str | None]:
+  return workdir_lib.versions(VERSIONED)
 
 
 def _summary_attention(stats_S: dict[str, np.ndarray]) -> dict:
@@ -135,22 +135,26 @@ class ConfigError(ValueError):
 
 
 def _prepare(config: Any, workdir: str, read_texts: Callable | None):
-  """The checks, then the data: returns (model config, dataset texts).
+  """The checks, then the data: returns (model config, prepared entry).
 
-  Writes nothing, so a run that fails here leaves the workdir as it was.
+  Writes nothing in the workdir, so a run that fails here leaves it as it
+  was. The data is read from its prepared entry, which is made first if
+  there is none (data_cache).
   """
   try:
     mcfg = check_config(config)
     _check_workdir_path(workdir)
     workdir_lib.check_workdir(workdir, workdir_lib.config_dict(config))
-    kwargs = {'read_texts': read_texts} if read_texts else {}
-    texts = data.read_dataset(
-        config.data, tokenizer_texts=config.data.tokenizer_train_examples,
-        **kwargs)
-    _check_split_sizes(config, len(texts.train), len(texts.test))
+    # Process 0 prepares the entry if need be; the others then read it, or
+    # prepare their own where they do not share its cache folder.
+    entry = distributed.primary_first(
+        'preparing the data',
+        lambda: data_cache.load_or_prepare(config.data, read_texts))
+    _check_split_sizes(config, len(entry.dataset.train),
+                       len(entry.dataset.test))
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  return mcfg, texts
+  return mcfg, entry
 
 
 def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
@@ -159,10 +163,12 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
 
   Raises ConfigError for bad input, or a workdir that another run holds,
   before anything is compiled or written, and data.DataMissingError when the
-  dataset cannot be had.
+  dataset cannot be had. read_texts: data.read_tfds_texts's stand-in, for
+  tests (see data_cache.load_or_prepare).
   """
   start_time = time.time()
-  mcfg, texts = _prepare(config, workdir, read_texts)
+  mcfg, entry = _prepare(config, workdir, read_texts)
+  compilation.use_cache(config)
   os.makedirs(workdir, exist_ok=True)
   try:
     # The lock names one pid on one host: process 0 holds it for them all.
@@ -173,7 +179,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
             os.path.join(workdir, workdir_lib.LOCK_FILE))
       except ValueError as e:
         raise ConfigError(str(e)) from e
-      return _train(config, workdir, config_name, mcfg, texts, start_time)
+      return _train(config, workdir, config_name, mcfg, entry, start_time)
   except workdir_lib.WorkdirInUseError as e:
     raise ConfigError(str(e)) from e
 
@@ -221,7 +227,7 @@ class _Progress:
 
 
 def _train(config: Any, workdir: str, config_name: str,
-           mcfg: model_lib.ModelConfig, texts: data.DatasetTexts,
+           mcfg: model_lib.ModelConfig, entry: data_cache.Entry,
            start_time: float) -> dict:
   """train_and_evaluate's work, in a workdir that this process holds.
 
@@ -229,16 +235,15 @@ def _train(config: Any, workdir: str, config_name: str,
   logging windows of training steps, each possibly followed by an
   evaluation and a checkpoint, until the last step.
   """
-  run = _set_up(config, workdir, config_name, mcfg, texts, start_time)
+  run = _set_up(config, workdir, config_name, mcfg, entry, start_time)
   ckpt = checkpoint.Checkpointer(workdir, config.max_to_keep)
   try:
     progress = _restore_or_init(run, ckpt)
     writers = _open_writers(run, progress.step)
     try:
-      with metric_writers.ensure_flushes(*writers.all):
-        _train_loop(run, progress, ckpt, writers)
+      _train_loop(run, progress, ckpt, writers)
     finally:
-      writers.close()
+      writers.close()  # Which flushes them.
   finally:
     ckpt.close()
   summary = progress.summary
@@ -249,9 +254,9 @@ def _train(config: Any, workdir: str, config_name: str,
 
 
 def _set_up(config: Any, workdir: str, config_name: str,
-            mcfg: model_lib.ModelConfig, texts: data.DatasetTexts,
+            mcfg: model_lib.ModelConfig, entry: data_cache.Entry,
             start_time: float) -> _Run:
-  """Checks the held workdir, writes config.json, tokenizes, builds steps."""
+  """Checks the workdir, writes config.json and tokenizer/, builds the steps."""
   cfg = workdir_lib.config_dict(config)
   # Again, now that the workdir is ours: a run that held it meanwhile may
   # have trained there.
@@ -281,18 +286,23 @@ def _set_up(config: Any, workdir: str, config_name: str,
     workdir_lib.write_config(workdir, cfg, {
         'config_name': config_name, 'seeds': seeds, 'sharing': spec,
         'versions': _versions(), 'devices': [str(d) for d in jax.devices()],
-        'seed_layout': layout})
+        'seed_layout': layout,
+        'prepared_data': {'entry': entry.path,
+                          'source': entry.meta['source']}})
+  dataset = entry.dataset
   try:
-    # Process 0 trains the tokenizer into the workdir; the others load it.
-    dataset = distributed.primary_first(
-        'training the tokenizer',
-        lambda: data.tokenize_dataset(texts, config.data, workdir))
+    # The report and post-hoc studies read the tokenizer from the workdir.
+    distributed.primary_only(
+        'copying the tokenizer',
+        lambda: data_cache.copy_tokenizer(entry, workdir,
+                                          data.tokenizer_kind(config.data)))
     distributed.check_same(
         [dataset.train.tokens, dataset.train.labels, dataset.test.tokens,
          dataset.test.labels],
-        'the tokenized data differs between hosts: each must read the same '
-        'dataset (same tensorflow-datasets version and files)')
-  except ValueError as e:  # A vocab_size that does not suit the texts.
+        'the prepared data differs between hosts: give every host the same '
+        'entry (config.data.cache_dir on a folder they all mount, or a copy '
+        'of process 0\'s)')
+  except ValueError as e:  # A workdir trained with another tokenizer.
     raise ConfigError(str(e)) from e
   batches = data.TrainBatches(dataset.train, config.batch_size,
                               config.data.data_seed,

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
 import socket
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 import zipfile
 
 from absl import logging
@@ -40,8 +41,8 @@ REQUIRED_SUMMARY_KEYS = ('condition', 'seeds', 'per_seed', 'finished')
 # in the same order (tested bit-exact on a CPU).
 OPERATIONAL_FIELDS = ('log_every_steps', 'eval_every_steps',
                       'ckpt_every_steps', 'max_to_keep', 'halt_on_nonfinite',
-                      'steps_per_call')
-DATA_LOCATION_FIELDS = ('data_dir', 'allow_download')
+                      'steps_per_call', 'compilation_cache_dir')
+DATA_LOCATION_FIELDS = ('data_dir', 'allow_download', 'cache_dir')
 
 
 def config_dict(config: Any) -> dict:
@@ -170,6 +171,20 @@ def lock(workdir: str) -> Iterator[None]:
     yield
   finally:
     os.remove(path)
+
+
+def versions(packages: Sequence[str]) -> dict[str, str | None]:
+  """Each package's installed version (None if it is not installed).
+
+  What config.json and a prepared data entry record of the software.
+  """
+  out = {}
+  for name in packages:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
 
 
 def write_json(path: str, value: Any) -> None:

@@ -1,4 +1,7 @@
-"""SeedWriters: TensorBoard streams over the seed axis with CLU writers.
+"""SeedWriters: TensorBoard streams over the seed axis.
+
+The streams are CLU's writers where clu is installed, and event_writers'
+(the same events, without TensorFlow) where it is not.
 
 `tb/agg` gets, over the replicas that are still finite, the mean, the sample
 standard deviation and the band mean - sd .. mean + sd, plus a Custom Scalars
@@ -15,17 +18,19 @@ charts come after those instead of first.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from clu import metric_writers
+from absl import logging
 import numpy as np
-import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
+from tensorboard.summary.writer import record_writer
 from tensorboard.util import tensor_util
 
 # One scalar per layer (or adjacent layer pair), aggregated over seeds.
@@ -43,6 +48,22 @@ MEAN, STD, LOWER, UPPER = '/mean', '/std', '/mean-sd', '/mean+sd'
 _GROUP_TITLES = {'train': 'Train', 'test': 'Test',
                  LAYER_GROUP: 'Attention per layer',
                  HEAD_GROUP: 'Attention per head'}
+
+
+def writer_library() -> ModuleType:
+  """clu.metric_writers if clu imports, else event_writers.
+
+  clu's imports TensorFlow; both write the same tags.
+  """
+  # pylint: disable=g-import-not-at-top
+  try:
+    from clu import metric_writers
+  except ImportError as e:
+    from jax_attnshare import event_writers
+    logging.info('TensorBoard events are written by tensorboard\'s event '
+                 'writer: clu cannot be imported (%s).', e)
+    return event_writers
+  return metric_writers
 
 
 class SeedWriters:
@@ -67,21 +88,23 @@ class SeedWriters:
     self._charted = dict.fromkeys(_charted_names(agg_dir) if write else [])
     self._layout_written = False
 
-    def writer(make: Callable[[], metric_writers.MetricWriter]):
-      """make()'s writer, asynchronous; unless `write`, one of nothing."""
-      return (metric_writers.AsyncWriter(make()) if write
-              else metric_writers.MultiWriter([]))
+    library = writer_library()
 
-    self._agg_events = writer(lambda: metric_writers.SummaryWriter(agg_dir))
-    self.agg = metric_writers.MultiWriter([
-        writer(metric_writers.LoggingWriter), self._agg_events])
+    def writer(make: Callable[[], Any]):
+      """make()'s writer, asynchronous; unless `write`, one of nothing."""
+      return (library.AsyncWriter(make()) if write
+              else library.MultiWriter([]))
+
+    self._agg_events = writer(lambda: library.SummaryWriter(agg_dir))
+    self.agg = library.MultiWriter([
+        writer(library.LoggingWriter), self._agg_events])
     self.per_seed = [
-        writer(lambda i=i: metric_writers.SummaryWriter(
+        writer(lambda i=i: library.SummaryWriter(
             os.path.join(tb, f'seed_{i:02d}')))
         for i in range(len(seeds))]
 
   @property
-  def all(self) -> list[metric_writers.MetricWriter]:
+  def all(self) -> list[Any]:
     return [self.agg, *self.per_seed]
 
   def write_hparams(self, hparams: Mapping[str, object]) -> None:
@@ -186,17 +209,18 @@ def _mark_restart(logdir: str, step: int) -> None:
   os.makedirs(logdir, exist_ok=True)
   now = time.time()
   path = os.path.join(logdir, f'events.out.tfevents.{int(now):010d}')
-  with tf.io.TFRecordWriter(path) as f:
+  with open(path, 'wb') as f:
+    records = record_writer.RecordWriter(f)
     for event in (
         event_pb2.Event(wall_time=now, file_version='brain.Event:2'),
         event_pb2.Event(wall_time=now, step=step, session_log=event_pb2
                         .SessionLog(status=event_pb2.SessionLog.START))):
-      f.write(event.SerializeToString())
+      records.write(event.SerializeToString())
 
 
 def _charted_names(logdir: str) -> list[str]:
   """The names charted by the last layout in logdir, if there is one."""
-  if not tf.io.gfile.glob(os.path.join(logdir, 'events.out.tfevents.*')):
+  if not glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
     return []
   # Read as TensorBoard reads it: the last layout in step order wins.
   events = event_accumulator.EventAccumulator(

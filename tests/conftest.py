@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from jax_attnshare import data_cache
+
 
 def _reviews(n: int, seed: int) -> tuple[list[str], np.ndarray]:
   rng = np.random.default_rng(seed)
@@ -26,3 +28,16 @@ def read_fake_texts(name, split, data_dir, allow_download):
 @pytest.fixture
 def fake_texts():
   return read_fake_texts
+
+
+@pytest.fixture(autouse=True)
+def prepared_data_folder(tmp_path, monkeypatch):
+  """Where a test's prepared entries go by default: a folder of its own.
+
+  Else tests would write into the user's folder
+  (data_cache.default_cache_dir), and one could read another's entry.
+  Subprocesses that train on fake texts set config.data.cache_dir instead.
+  """
+  folder = str(tmp_path / 'prepared')
+  monkeypatch.setattr(data_cache, 'default_cache_dir', lambda _: folder)
+  return folder

@@ -1,4 +1,7 @@
-"""Tests for jax_attnshare.data: tokenizer, batches, dataset loading."""
+"""Tests for jax_attnshare.data: tokenizer, batches, dataset loading.
+
+(The prepared entries the loop reads are data_cache_test's.)
+"""
 
 import os
 
@@ -8,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jax_attnshare import data
+from jax_attnshare import data_cache
 
 _WORDS = ('the film was great bad boring plot acting actor scene movie story '
           'music ending character director funny sad long short terrible '
@@ -29,9 +33,8 @@ def _corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 
 @pytest.fixture(scope='module')
-def tokenizer(tmp_path_factory):
-  path = tmp_path_factory.mktemp('tok') / 'spm.model'
-  return data.load_or_train_tokenizer(_corpus(300)[0], 96, str(path), 200)
+def tokenizer():
+  return data.train_tokenizer('sentencepiece', _corpus(300)[0][:200], 96)[0]
 
 
 def _split(n: int, length: int = 4) -> data.Split:
@@ -45,7 +48,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       dataset='fake', data_dir='', vocab_size=64, max_length=16,
       train_examples=0, test_examples=0, data_seed=0,
-      tokenizer_train_examples=100, allow_download=False))
+      tokenizer_train_examples=100, allow_download=False, cache_dir=''))
   config.update(overrides)
   return config
 
@@ -74,19 +77,17 @@ def test_encode_pads_and_truncates(tokenizer):
       tokenizer.encode('the film', out_type=str))
 
 
-def test_tokenizer_reload(tokenizer, tmp_path):
+def test_tokenizer_file_round_trips(tmp_path):
   texts = _corpus(300)[0]
-  path = str(tmp_path / 'sub' / 'spm.model')
-  trained = data.load_or_train_tokenizer(texts, 64, path, 200)
-  assert os.listdir(tmp_path / 'sub') == ['spm.model']
+  trained, serialized = data.train_tokenizer('sentencepiece', texts[:200], 64)
   assert trained.get_piece_size() == 64
   assert trained.id_to_piece(data.PAD_ID) == '<pad>'
-  reloaded = data.load_or_train_tokenizer([], 64, path, 200)
+  path = tmp_path / data.tokenizer_file_name('sentencepiece')
+  path.write_bytes(serialized)
+  reloaded = data.load_tokenizer_file('sentencepiece', str(path))
   assert reloaded.encode(texts[:20]) == trained.encode(texts[:20])
   # Lowercasing is done by the tokenizer's normalizer.
   assert trained.encode('THE FILM') == trained.encode('the film')
-  with pytest.raises(ValueError, match='config.data.vocab_size'):
-    data.load_or_train_tokenizer([], 96, path, 200)
 
 
 def test_train_batches_deterministic_and_epochwise():
@@ -158,12 +159,10 @@ def test_eval_batches_cover_every_example_once():
   assert (batches[-1]['labels'][2:] == 0).all()
 
 
-def _load_text_dataset(config, workdir, read_texts):
+def _load_text_dataset(config, cache, read_texts):
   """What train.train_and_evaluate does with the data: check, read, encode."""
-  data.check_fields(config)
-  texts = data.read_dataset(config, read_texts,
-                            config.tokenizer_train_examples)
-  return data.tokenize_dataset(texts, config, workdir)
+  config.cache_dir = cache
+  return data_cache.load_or_prepare(config, read_texts).dataset
 
 
 def test_load_text_dataset_subsets_are_deterministic(tmp_path):
@@ -238,11 +237,10 @@ def test_network_probe_of_a_closed_port_is_false():
   assert not data._network_reachable('http://127.0.0.1:9/', timeout_s=2.0)
 
 
-def test_vocab_size_that_does_not_suit_the_texts_names_the_field(tmp_path):
+def test_vocab_size_that_does_not_suit_the_texts_names_the_field():
   with pytest.raises(ValueError, match='config.data.vocab_size=8 does not'):
-    data.load_or_train_tokenizer(['héllo wörld ßq', 'xyz 0123456789'] * 5, 8,
-                                 str(tmp_path / 'spm.model'), 100)
-  assert not (tmp_path / 'spm.model').exists()
+    data.train_tokenizer('sentencepiece',
+                         ['héllo wörld ßq', 'xyz 0123456789'] * 5, 8)
 
 
 def test_missing_dataset_honours_tfds_data_dir(tmp_path, monkeypatch):
@@ -277,10 +275,11 @@ def test_word_tokenizer_ranks_words_and_is_deterministic():
 
 def test_word_tokenizer_round_trips_lowercased_whitespace_words(tmp_path):
   texts = _corpus(100)[0]
-  path = str(tmp_path / 'tokenizer' / 'words.txt')
-  trained = data.load_or_train_tokenizer(texts, 50, path, 100, 'words')
+  trained, serialized = data.train_tokenizer('words', texts, 50)
   assert trained.get_piece_size() == 50
-  reloaded = data.load_or_train_tokenizer([], 50, path, 100, 'words')
+  path = tmp_path / data.tokenizer_file_name('words')
+  path.write_bytes(serialized)
+  reloaded = data.load_tokenizer_file('words', str(path))
   assert reloaded.words == trained.words
   known = ' '.join(trained.words[2:])
   assert trained.decode(trained.encode(known.upper())) == known
@@ -290,8 +289,6 @@ def test_word_tokenizer_round_trips_lowercased_whitespace_words(tmp_path):
   assert tokens.shape == (2, 4)
   assert data.pieces(trained, tokens[0]) == [trained.words[2], '<unk>']
   np.testing.assert_array_equal(tokens[1], trained.encode(known)[:4])
-  with pytest.raises(ValueError, match='config.data.vocab_size'):
-    data.load_or_train_tokenizer([], 60, path, 100, 'words')
 
 
 def test_word_vocabulary_larger_than_the_texts_is_refused_naming_fields():
@@ -302,11 +299,15 @@ def test_word_vocabulary_larger_than_the_texts_is_refused_naming_fields():
 
 def test_words_dataset_is_tokenized_by_words_and_kept_in_the_workdir(
     tmp_path):
-  config = _config(tokenizer='words', vocab_size=40)
-  dataset = _load_text_dataset(config, str(tmp_path), _fake_read)
+  config = _config(tokenizer='words', vocab_size=40,
+                   cache_dir=str(tmp_path / 'cache'))
+  entry = data_cache.load_or_prepare(config, _fake_read)
+  dataset = entry.dataset
   assert isinstance(dataset.tokenizer, data.WordTokenizer)
-  assert os.listdir(tmp_path / 'tokenizer') == ['words.txt']
-  assert data.load_tokenizer(str(tmp_path), config).words == (
+  workdir = tmp_path / 'workdir'
+  data_cache.copy_tokenizer(entry, str(workdir), 'words')
+  assert os.listdir(workdir / 'tokenizer') == ['words.txt']
+  assert data.load_tokenizer(str(workdir), config).words == (
       dataset.tokenizer.words)
   first = data.pieces(dataset.tokenizer, dataset.train.tokens[0])
   text = _fake_read('', 'train', '', False)[0][0]

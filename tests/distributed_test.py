@@ -61,21 +61,23 @@ sys.path.insert(0, sys.argv[1])
 from conftest import read_fake_texts
 from jax_attnshare import configs, train
 start = time.time()
-train.train_and_evaluate(configs.classifier_config("kv", "tiny,seeds=15"),
-                         sys.argv[2], read_texts=read_fake_texts)
+config = configs.classifier_config("kv", "tiny,seeds=15")
+config.data.cache_dir = sys.argv[3]
+train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
 print(f"8 devices, 15 seeds: {time.time() - start:.1f} s")
 '''
 
 
-def test_fifteen_seeds_on_eight_devices_equal_one_device(tmp_path,
-                                                         fake_texts):
+def test_fifteen_seeds_on_eight_devices_equal_one_device(
+    tmp_path, fake_texts, prepared_data_folder):
   """As on a TPU's 8 cores: 2 seeds per device, 1 padding replica."""
   config = configs.classifier_config('kv', 'tiny,seeds=15')
   expected = train.train_and_evaluate(config, str(tmp_path / 'one'),
                                       read_texts=fake_texts)
   workdir = str(tmp_path / 'eight')
   result = subprocess.run(
-      [sys.executable, '-c', _EIGHT_DEVICE_SCRIPT, TESTS, workdir],
+      [sys.executable, '-c', _EIGHT_DEVICE_SCRIPT, TESTS, workdir,
+       prepared_data_folder],
       env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=600,
       check=False)
   assert result.returncode == 0, result.stderr[-3000:]

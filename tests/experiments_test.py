@@ -1,5 +1,6 @@
 """The experiment scripts: every command they would run passes main's checks."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from jax_attnshare import configs
+from jax_attnshare import data_cache
 from jax_attnshare import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,12 +18,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _dry_run(*args, env=None):
   result = subprocess.run(
       ['bash', 'experiments/blog.sh', *args], cwd=ROOT, capture_output=True,
-      text=True, check=True, env={**os.environ, 'DRY_RUN': '1', **(env or {})})
+      text=True, check=True, env={**os.environ, 'DRY_RUN': '1',
+                                  'PYTHON': sys.executable, **(env or {})})
   return result.stdout.splitlines()
 
 
 def _main_commands(lines):
   return [line for line in lines if 'jax_attnshare.main' in line]
+
+
+def _config(command):
+  """The config a command's --config and --config.data overrides give."""
+  config = configs.load_config(
+      os.path.join(ROOT, re.search(r'--config=(\S+)', command)[1]))
+  for field, value in re.findall(r'--config\.data\.(\w+)=(\S+)', command):
+    config.data[field] = value
+  return config
 
 
 @pytest.mark.parametrize('arg', ['tiny', 'tiny,regime=blog',
@@ -32,10 +44,46 @@ def test_blog_grid_commands_pass_the_checks_per_replica_order(arg, tmp_path):
   assert len(commands) == 10
   assert len({re.search(r'--workdir=(\S+)', c)[1] for c in commands}) == 8
   for command in commands:
-    config_arg = re.search(r'--config=(\S+)', command)[1]
-    config = configs.load_config(os.path.join(ROOT, config_arg))
     assert '--config.data.seed_mode=per_seed' in command
-    train.check_config(config)
+    train.check_config(_config(command))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arg', ['tiny', 'tiny,regime=blog'])
+def test_blog_grid_prepares_the_data_every_condition_reads_once(arg,
+                                                                 tmp_path):
+  lines = _dry_run('all', arg, str(tmp_path))
+  prepares = [i for i, line in enumerate(lines)
+              if line.startswith(f'{sys.executable} -m jax_attnshare.prepare ')]
+  assert len(prepares) == 1
+  assert prepares[0] < min(i for i, line in enumerate(lines)
+                           if 'jax_attnshare.main' in line)
+  entry = data_cache.entry_name(_config(lines[prepares[0]]).data)
+  assert {data_cache.entry_name(_config(command).data)
+          for command in _main_commands(lines)} == {entry}
+
+
+def _finish(workdir, config_name, seed_mode='per_seed', finished=True):
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump({'finished': finished, 'config_name': config_name,
+               'seed_mode': seed_mode}, f)
+
+
+@pytest.mark.slow
+def test_blog_grid_skips_finished_conditions_and_resumes_the_others(
+    tmp_path):
+  _finish(tmp_path / 'kv', 'configs/kv_share.py:tiny')
+  _finish(tmp_path / 'kq', 'configs/kq_share.py:tiny', finished=False)
+  _finish(tmp_path / 'qv', 'configs/qv_share.py:cpu')  # Another experiment.
+  _finish(tmp_path / 'kqv', 'configs/kqv_share.py:tiny', seed_mode='shared')
+  lines = _dry_run('exp1', 'tiny', str(tmp_path))
+  workdirs = [re.search(r'--workdir=(\S+)', c)[1]
+              for c in _main_commands(lines)]
+  assert workdirs == [str(tmp_path / c) for c in ('none', 'kq', 'qv', 'kqv')]
+  assert f'Skipping kv: {tmp_path}/kv holds its finished run.' in lines
+  # The experiment still links it.
+  assert f'ln -sfn ../kv {tmp_path}/exp1/kv' in lines
 
 
 def test_shared_seed_mode_is_a_choice(tmp_path):
@@ -55,6 +103,11 @@ def test_full_mode_estimates_then_runs_both_regimes_at_full_size(tmp_path):
     mine = [c for c in commands if f':regime={regime} ' in c]
     assert len(mine) == 10
     assert all(f'--workdir={tmp_path}/{regime}/' in c for c in mine)
+    # Its data prepared once, before its conditions.
+    prepare = [i for i, line in enumerate(lines)
+               if 'jax_attnshare.prepare' in line
+               and line.endswith(f':regime={regime}')]
+    assert len(prepare) == 1 and prepare[0] < lines.index(mine[0])
 
 
 def _benchmark(*args, check=True, patch=''):

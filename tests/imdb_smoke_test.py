@@ -31,7 +31,9 @@ def test_cpu_size_learns_real_imdb_through_the_command_line(tmp_path):
        '--config.eval_every_steps=150', '--config.ckpt_every_steps=150',
        '--config.data.test_examples=1000',
        '--config.data.tokenizer_train_examples=2000',
-       '--config.data.allow_download=False', '--config.stats_examples=32'],
+       '--config.data.allow_download=False', '--config.stats_examples=32',
+       # Not the data dir's default folder: the shared copy stays as it is.
+       f'--config.data.cache_dir={tmp_path / "prepared"}'],
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((workdir / 'summary.json').read_text())
@@ -44,5 +46,5 @@ def test_cpu_size_learns_real_imdb_through_the_command_line(tmp_path):
   # The libraries' INFO chatter (orbax, tfds, jax) is left out by default.
   info_sources = {line.split()[3].split(':')[0] for line in log
                   if line.startswith('I')}
-  assert info_sources <= {'main.py', 'data.py', 'train.py',
+  assert info_sources <= {'main.py', 'data.py', 'data_cache.py', 'train.py',
                           'logging_writer.py'}, info_sources

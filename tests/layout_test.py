@@ -1,9 +1,9 @@
 """The package's layering: training stands without the report and post-hoc.
 
 The core (jax_attnshare/*.py) imports neither jax_attnshare.posthoc nor
-jax_attnshare.report, and `import jax_attnshare.main` loads no plotting or
-statistics library. (That report/ imports no JAX is report_test's
-test_imports_no_jax.)
+jax_attnshare.report, `import jax_attnshare.main` loads no plotting or
+statistics library, and the commands load no TensorFlow until they need it.
+(That report/ imports no JAX is report_test's test_imports_no_jax.)
 """
 
 import ast
@@ -64,3 +64,20 @@ def test_main_loads_no_plotting_or_statistics():
   bad = loaded & {'matplotlib', 'pandas', 'scipy', 'statsmodels',
                   'jax_attnshare.plotting', *OUTER}
   assert not bad, sorted(bad)
+
+
+_COMMANDS_LOAD = """
+import sys
+import jax_attnshare.main, jax_attnshare.prepare
+print(sorted({m.split('.')[0] for m in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_commands_import_no_tensorflow_tfds_or_clu():
+  """A machine without them runs main (without_tensorflow_test)."""
+  out = subprocess.run([sys.executable, '-c', _COMMANDS_LOAD], check=True,
+                       cwd=ROOT, capture_output=True, text=True).stdout
+  loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
+  assert 'jax_attnshare' in loaded  # Else the check checks nothing.
+  assert not loaded & {'tensorflow', 'tensorflow_datasets', 'clu'}

@@ -1,6 +1,7 @@
 """End to end: a tiny run writes its workdir, resumes exactly, refuses others."""
 
 import glob
+import importlib.metadata
 import json
 import os
 import socket
@@ -179,6 +180,7 @@ from conftest import read_fake_texts
 from jax_attnshare import configs, train
 config = configs.classifier_config("kv", "tiny")
 config.num_seeds = 3
+config.data.cache_dir = sys.argv[3]
 first = train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
 # Restores the real replicas' checkpoint into the padded layout.
 again = train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
@@ -186,7 +188,8 @@ assert again["history"] == first["history"]
 '''
 
 
-def test_padded_seeds_over_devices_equal_one_device(tmp_path, fake_texts):
+def test_padded_seeds_over_devices_equal_one_device(tmp_path, fake_texts,
+                                                    prepared_data_folder):
   """3 seeds on 4 devices (1 padding replica) give the 1-device results."""
   config = _config()
   config.num_seeds = 3
@@ -197,7 +200,7 @@ def test_padded_seeds_over_devices_equal_one_device(tmp_path, fake_texts):
              XLA_FLAGS='--xla_force_host_platform_device_count=4')
   result = subprocess.run(
       [sys.executable, '-c', _FOUR_DEVICE_SCRIPT, os.path.dirname(__file__),
-       workdir], env=env, capture_output=True, text=True, timeout=300,
+       workdir, prepared_data_folder], env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = _summary(workdir)
@@ -442,3 +445,18 @@ def test_summary_says_finished_only_after_the_attention_maps(
   with pytest.raises(OSError, match='disk full'):
     train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
   assert not _summary(workdir)['finished']
+
+
+def test_versions_say_none_for_a_package_that_is_not_installed(monkeypatch):
+  """config.json records the versions; clu may be missing (no TensorFlow)."""
+  version = importlib.metadata.version
+
+  def without_clu(name):
+    if name == 'clu':
+      raise importlib.metadata.PackageNotFoundError(name)
+    return version(name)
+
+  monkeypatch.setattr(importlib.metadata, 'version', without_clu)
+  versions = train._versions()
+  assert versions['clu'] is None
+  assert versions['jax'] == jax.__version__

@@ -1,4 +1,7 @@
-"""SeedWriters: events and Custom Scalars layout, read back as TensorBoard does."""
+"""SeedWriters: events and Custom Scalars layout, read back as TensorBoard does.
+
+Every test runs with CLU's writers and with event_writers' (no TensorFlow).
+"""
 
 import glob
 import time
@@ -14,11 +17,19 @@ from tensorboard.plugins.custom_scalar import custom_scalars_plugin
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 
+from jax_attnshare import event_writers
 from jax_attnshare import writers as writers_lib
 
 _SEEDS = [4, 5, 6]
 _LOSS = np.array([0.5, 0.7, np.nan])  # seed 6 diverged
 _ACC = np.array([0.6, 0.8, 0.9])
+
+
+@pytest.fixture(autouse=True, params=['clu', 'event_writers'])
+def writer_library(request, monkeypatch):
+  if request.param == 'event_writers':
+    monkeypatch.setattr(writers_lib, 'writer_library', lambda: event_writers)
+  return request.param
 
 
 class _Served:
@@ -164,3 +175,4 @@ def test_resume_keeps_the_whole_layout(tmp_path):
   assert served.layout_steps()[-1] == 9
   # One writer's file per process (besides their SessionLog START files).
   assert len(glob.glob(str(tmp_path / 'tb' / 'agg' / '*.v2'))) == 2
+

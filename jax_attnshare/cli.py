@@ -1,0 +1,113 @@
+"""What the command lines share: --config with its :ARGS and overrides,
+one-line errors with exit status 2, and quiet library logs.
+
+Importing this module defines the flags --config and --library_logs.
+"""
+
+import difflib
+import logging as pylogging
+import os
+import sys
+
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from jax_attnshare import configs
+
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None,
+    'A config file under configs/, optionally with :ARGS (cpu, tiny, '
+    'seeds=N, or a variant the file documents); override fields with '
+    '--config.FIELD=VALUE.',
+    lock_config=True)
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    'library_logs', False,
+    'Also log the INFO lines of the libraries (orbax, tfds, jax); by default '
+    'only their warnings and errors are shown.')
+flags.mark_flags_as_required(['config'])
+
+# Our package and CLU's logging writer (the metrics) log at INFO.
+_INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
+                 os.path.join('clu', 'metric_writers'))
+
+
+def fail(message: str):
+  """Bad input: one line on stderr, exit status 2 (as for a usage error)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def config_name() -> str:
+  """--config as given: the file and its :ARGS."""
+  return config_flags.get_config_filename(flags.FLAGS['config'])
+
+
+def check_no_arguments(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f'unexpected arguments: {argv[1:]}; fields are set with '
+         '--config.FIELD=VALUE.')
+
+
+def _unknown_field_message(argv: list[str]) -> str | None:
+  """Names the first --config.FIELD override that is not a field."""
+  config_arg = next((a for a in argv if a.startswith('--config=')), None)
+  if config_arg is None:
+    return None
+  node = configs.load_config(config_arg.removeprefix('--config='))
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg.removeprefix('--config.').partition('=')[0]
+    node_here, parents = node, []
+    for name in path.split('.'):
+      fields = list(node_here.keys()) if hasattr(node_here, 'keys') else []
+      if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        where = f'config.{".".join(parents)}' if parents else 'config'
+        hint = (f'did you mean --config.{".".join(parents + close)}?'
+                if close else f'{where} has {", ".join(sorted(fields))}.')
+        return f'--config.{path}: no such config field; {hint}'
+      node_here, parents = node_here[name], parents + [name]
+  return None
+
+
+def one_line(error: Exception) -> str:
+  """An error whose text may hold a traceback, as its first and last line."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if len(lines) == 1:
+    return lines[0]
+  # The last line of a traceback is 'SomeError: what went wrong'.
+  return f'{lines[0]} {lines[-1].partition(": ")[2] or lines[-1]}'
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parse, with every bad flag reported as one line, exit status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    path = config_name()
+    if not os.path.isfile(path.partition(':')[0]):
+      fail(f'--config={path}: no such file (the configs are in configs/).')
+    # ml_collections applies the overrides lazily.
+    CONFIG.value.keys()
+    return rest
+  except flags.Error as e:
+    fail(one_line(e).removeprefix('flag '))
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a field that does not
+    # exist, with a multi-line hint.
+    fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Passes warnings and errors, and INFO lines only from _INFO_SOURCES."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or any(
+        source in record.pathname for source in _INFO_SOURCES)
+
+
+def quiet_library_logs() -> None:
+  """Unless --library_logs, only this package logs INFO lines."""
+  if not _LIBRARY_LOGS.value:
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
