@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import time
 import traceback
 from typing import (Any, Callable, ContextManager, Iterator, Sequence,
                     TypeVar)
@@ -114,6 +115,42 @@ def primary_only(what: str, fn: Callable[[], T]) -> T | None:
     raise
   _failed_on_primary(False)
   return result
+
+
+def primary_value(what: str, fn: Callable[[], int]) -> int:
+  """fn() on process 0, its int on every process (errors as in primary_only).
+
+  For a choice that every process must make alike, such as the checkpoint
+  step to restore.
+  """
+  value = primary_only(what, fn)
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(
+      np.int32(value if is_primary() else 0)))
+
+
+def all_processes(flag: bool) -> bool:
+  """Whether `flag` holds on every process; a barrier as well."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def wait_for_file(path: str, what: str, timeout_s: float = 120.0) -> None:
+  """Waits until `path`, which process 0 wrote, is visible here.
+
+  A shared file system may show a new file to the other hosts a little
+  later. Raises ValueError if it does not appear within timeout_s.
+  """
+  deadline = time.monotonic() + timeout_s
+  while not os.path.exists(path):
+    if time.monotonic() > deadline:
+      raise ValueError(
+          f'{what} {path}, which process 0 wrote, did not appear on process '
+          f'{jax.process_index()} within {timeout_s:.0f} s: the workdir must '
+          'be one folder that every host mounts at the same path.')
+    time.sleep(0.1)
 
 
 def primary_first(what: str, fn: Callable[[], T]) -> T:
