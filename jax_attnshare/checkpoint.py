@@ -59,7 +59,8 @@ class Checkpointer:
     if read_only and not os.path.isdir(self.directory):
       raise FileNotFoundError(f'{workdir} has no checkpoints folder.')
     self.read_only = read_only
-    temporary_path = ocp.path.atomicity_defaults.get_default_temporary_path_class(
+    defaults = ocp.path.atomicity_defaults
+    temporary_path = defaults.get_default_temporary_path_class(
         epath.Path(self.directory))
     # orbax warns for (and overrides) pruning or creating when read-only. It
     # reads each step's metadata file here.
@@ -88,6 +89,10 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                       force=True)
 
+  def wait_until_finished(self) -> None:
+    """Returns once the last save has committed (or raises its error)."""
+    self.manager.wait_until_finished()
+
   def _set_aside(self, step: int) -> None:
     """Renames the folder of `step`, which did not restore, out of the way.
 
@@ -96,7 +101,7 @@ class Checkpointer:
     (their restores failed alike) and re-lists the folder after it.
     """
     # The reload below re-lists the folder: no save may be in flight.
-    self.manager.wait_until_finished()
+    self.wait_until_finished()
     path = self._step_path(step)
     target, n = path + UNRESTORABLE_SUFFIX, 1
     while os.path.exists(target):
@@ -215,7 +220,7 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait_until_finished()
     self.manager.close()
     self._state_handler.close()
 

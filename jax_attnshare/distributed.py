@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import (Any, Callable, ContextManager, Iterator, Sequence,
@@ -175,6 +177,31 @@ def held_by_primary(what: str,
   with contextlib.ExitStack() as stack:
     primary_only(what, lambda: stack.enter_context(hold()))
     yield
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[int], bool]]:
+  """Yields stop_requested(call): whether to save and stop after `call`.
+
+  `call` counts the loop's calls from 0, the same on every process. One
+  process: whether a SIGTERM came (a scheduler's preemption notice or time
+  limit; the signal is caught only inside this block). Several: JAX's
+  preemption service, which gets the SIGTERM of any process and picks the
+  call after which they all stop together (reached_preemption_sync_point).
+  """
+  if jax.process_count() > 1:
+    yield multihost_utils.reached_preemption_sync_point
+    return
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda call: False  # Python takes signals in its main thread.
+    return
+  received = []
+  previous = signal.signal(signal.SIGTERM,
+                           lambda signum, frame: received.append(signum))
+  try:
+    yield lambda call: bool(received)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def check_same(arrays: Sequence[np.ndarray], error: str) -> None:

@@ -16,7 +16,13 @@ Any field can be overridden after the file, e.g. --config.num_seeds=3
 and what they mean are in jax_attnshare/configs.py (classifier_config)
 and jax_attnshare/sharing.py (the sharing spec).
 
-The same command on the same workdir resumes from the latest checkpoint.
+The same command on the same workdir resumes from the latest checkpoint:
+after a crash, a kill, Ctrl-C (exit status 130), a full disk, or a SIGTERM
+(a scheduler's preemption or time limit), on which the run saves a
+checkpoint at the next step boundary and exits with status 143. A workdir
+locked by a run that was killed on another host is taken over by the same
+job or experiment (see docs/reliability.md); --force_unlock takes it over
+in any case.
 
 Several processes (hosts) train one experiment together when each runs the
 same command with --coordinator_address=HOST:PORT (of process 0),
@@ -30,8 +36,10 @@ with one line on stderr and exit status 2, before anything is compiled.
 """
 
 import difflib
+import errno
 import logging as pylogging
 import os
+import shutil
 import sys
 
 # TensorFlow only reads data and writes events here; it does no math, so its
@@ -52,6 +60,7 @@ from jax_attnshare import configs
 from jax_attnshare import data
 from jax_attnshare import distributed
 from jax_attnshare import train
+from jax_attnshare import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None,
@@ -81,6 +90,11 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'Several processes, found by JAX where it detects the cluster (Cloud TPU '
     'VM or pod slice, SLURM, Open MPI); the three flags above override what '
     'it detects.')
+_FORCE_UNLOCK = flags.DEFINE_bool(
+    'force_unlock', False,
+    'Take over the workdir\'s lock left by a run that did not release it '
+    '(killed on another host), even if it cannot be shown to be gone. A run '
+    'that still holds it on a file system with working locks stays refused.')
 _HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100,
     'Several processes: when one has been silent this long, the others stop '
@@ -99,18 +113,66 @@ def default_workdir(config_name: str) -> str:
   return os.path.join('runs', stem + suffix)
 
 
-def _fail(message: str):
+# Exit statuses of a run that stopped and can be resumed: as a shell reports
+# a process ended by SIGINT (Ctrl-C) or SIGTERM.
+INTERRUPTED_STATUS = 130
+PREEMPTED_STATUS = 143
+
+
+def _fail(message: str, status: int = 2):
   """Bad input: one line on stderr, exit status 2 (as for a usage error)."""
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
+
+
+def _disk_full_path(error: BaseException) -> str | None:
+  """The file that `error` (or what caused it) could not write for want of
+  space ('' if it names none); None if it is no full disk."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return os.fspath(error.filename or '')
+    if 'No space left on device' in str(error):  # tensorstore, TensorFlow
+      return ''
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ('bytes', 'kB', 'MB', 'GB'):
+    if num_bytes < 1000 or unit == 'GB':
+      return f'{num_bytes:.0f} {unit}' if unit == 'bytes' else (
+          f'{num_bytes:.1f} {unit}')
+    num_bytes /= 1000
+  raise AssertionError('unreachable')
+
+
+def _disk_full_message(path: str, workdir: str) -> str:
+  path = path or workdir
+  folder = path
+  while not os.path.isdir(folder):
+    folder = os.path.dirname(os.path.abspath(folder))
+  free = shutil.disk_usage(folder).free
+  checkpoint = workdir_lib.checkpoint_size(workdir)
+  needed = (f'at least {_size(checkpoint)} (the size of one checkpoint)'
+            if checkpoint else 'space')
+  return (f'no space left on the device of {path} ({_size(free)} free): free '
+          f'{needed} and rerun the same command to resume from the last '
+          'checkpoint.')
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  return next((a for a in argv if a.startswith('--config=')), None)
 
 
 def _unknown_field_message(argv: list[str]) -> str | None:
   """Names the first --config.FIELD override that is not a field."""
-  config_arg = next((a for a in argv if a.startswith('--config=')), None)
+  config_arg = _config_arg(argv)
   if config_arg is None:
     return None
-  node = configs.load_config(config_arg.removeprefix('--config='))
+  try:
+    node = configs.load_config(config_arg.removeprefix('--config='))
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None  # The file's own error: not an override's.
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
@@ -153,6 +215,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     # ml_collections raises these for an override of a field that does not
     # exist, with a multi-line hint.
     _fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # The config file's own: a syntax error, or get_config raising.
+    _fail(f'{_config_arg(argv) or "--config"}: the file failed to load: '
+          f'{type(e).__name__}: {_one_line(e)}')
 
 
 class _LibraryInfoFilter(pylogging.Filter):
@@ -189,13 +255,30 @@ def main(argv):
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:
       train.train_and_evaluate(_CONFIG.value, workdir,
-                               config_name=config_name)
+                               config_name=config_name,
+                               force_unlock=_FORCE_UNLOCK.value)
     except (train.ConfigError, data.DataMissingError,
             distributed.PrimaryFailedError) as e:
       # Not a bug: say what to do, without a traceback.
       _fail(str(e))
+    except train.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(PREEMPTED_STATUS)
+    except KeyboardInterrupt:
+      _fail(f'interrupted; rerun the same command to resume {workdir} from '
+            'its last checkpoint.', INTERRUPTED_STATUS)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      path = _disk_full_path(e)
+      if path is None:
+        raise
+      _fail(_disk_full_message(path, workdir))
+
+
+def run():
+  """The command: `python -m jax_attnshare.main` runs it."""
+  jax.config.config_with_absl()
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':
-  jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  run()

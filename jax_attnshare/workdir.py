@@ -424,6 +424,17 @@ def _read_json(path: str) -> Any:
     raise ValueError(f'{path} is not valid JSON: {e}') from e
 
 
+def checkpoint_size(workdir: str) -> int | None:
+  """Bytes of the largest checkpoint (step folder) in `workdir`, if any."""
+  folder = os.path.join(workdir, 'checkpoints')
+  sizes = [sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(os.path.join(folder, step))
+               for name in names)
+           for step in (os.listdir(folder) if os.path.isdir(folder) else [])
+           if step.isdigit()]
+  return max(sizes, default=None)
+
+
 def write_config(workdir: str, config: dict, extra: Mapping[str, Any]) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE),
              {'config': config, 'config_hash': config_hash(config), **extra})
@@ -491,14 +502,17 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
             params: dict, completed_steps: int, wall_time_s: float,
             history: list[dict], diverged: dict[int, int],
             final_attention: dict[str, np.ndarray] | None,
+            exploded: Mapping[int, int] | None = None,
             sparsity_thresholds: Mapping[str, str],
             cost: dict | None = None,
             phase_s: Mapping[str, float] | None = None) -> dict:
   """The machine-readable summary of a run (see README, 'Workdir').
 
   `cost` is cost.summary's FLOP and KV-cache accounting of the model;
-  `phase_s` the wall time spent in each phase of the loop.
+  `phase_s` the wall time spent in each phase of the loop; `exploded` the
+  replicas whose train loss blew up (train.flag_exploding), by the step.
   """
+  exploded = exploded or {}
   last = history[-1] if history else {}
   # The task's test metrics: accuracy for the classifier; perplexity and
   # token accuracy for the LM.
@@ -508,6 +522,7 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
   for i, seed in enumerate(seeds):
     entry = {'seed': seed, 'diverged': i in diverged,
              'diverged_at_step': diverged.get(i),
+             'loss_exploded_at_step': exploded.get(i),
              **{k: last[k][i] if k in last else None for k in metrics},
              'params': params}
     if final_attention is not None:
