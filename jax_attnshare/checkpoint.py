@@ -355,7 +355,7 @@ def _checksummed(base: type[Any]) -> type[Any]:
   return Checksummed
 
 
-class _LibraryFilter(pylogging.Filter):
+class LibraryFilter(pylogging.Filter):
   """Drops the records of orbax, tensorstore and asyncio."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
@@ -373,7 +373,7 @@ def _quiet_libraries() -> Iterator[None]:
   Checkpointer.restore says what matters.
   """
   loggers = [pylogging.getLogger(name) for name in ('absl', 'asyncio')]
-  quiet = _LibraryFilter()
+  quiet = LibraryFilter()
   for logger in loggers:
     logger.addFilter(quiet)
   try:

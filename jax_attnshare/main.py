@@ -36,10 +36,8 @@ with one line on stderr and exit status 2, before anything is compiled.
 """
 
 import difflib
-import errno
 import logging as pylogging
 import os
-import shutil
 import sys
 
 # TensorFlow only reads data and writes events here; it does no math, so its
@@ -56,11 +54,11 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from jax_attnshare import checkpoint
 from jax_attnshare import configs
 from jax_attnshare import data
 from jax_attnshare import distributed
 from jax_attnshare import train
-from jax_attnshare import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None,
@@ -125,39 +123,14 @@ def _fail(message: str, status: int = 2):
   sys.exit(status)
 
 
-def _disk_full_path(error: BaseException) -> str | None:
-  """The file that `error` (or what caused it) could not write for want of
-  space ('' if it names none); None if it is no full disk."""
-  while error is not None:
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-      return os.fspath(error.filename or '')
-    if 'No space left on device' in str(error):  # tensorstore, TensorFlow
-      return ''
-    error = error.__cause__ or error.__context__
-  return None
+class _DiskFullFilter(pylogging.Filter):
+  """Drops the records of a full disk, which the libraries' threads log
+  with their tracebacks: the one line _disk_full_message says it."""
 
-
-def _size(num_bytes: float) -> str:
-  for unit in ('bytes', 'kB', 'MB', 'GB'):
-    if num_bytes < 1000 or unit == 'GB':
-      return f'{num_bytes:.0f} {unit}' if unit == 'bytes' else (
-          f'{num_bytes:.1f} {unit}')
-    num_bytes /= 1000
-  raise AssertionError('unreachable')
-
-
-def _disk_full_message(path: str, workdir: str) -> str:
-  path = path or workdir
-  folder = path
-  while not os.path.isdir(folder):
-    folder = os.path.dirname(os.path.abspath(folder))
-  free = shutil.disk_usage(folder).free
-  checkpoint = workdir_lib.checkpoint_size(workdir)
-  needed = (f'at least {_size(checkpoint)} (the size of one checkpoint)'
-            if checkpoint else 'space')
-  return (f'no space left on the device of {path} ({_size(free)} free): free '
-          f'{needed} and rerun the same command to resume from the last '
-          'checkpoint.')
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and train.disk_full_path(error) is not None)
+                or 'No space left on device' in record.getMessage())
 
 
 def _config_arg(argv: list[str]) -> str | None:
@@ -235,6 +208,7 @@ def main(argv):
           '--config.FIELD=VALUE.')
   if not _LIBRARY_LOGS.value:
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  logging.get_absl_handler().addFilter(_DiskFullFilter())
   # tfds and clu import TensorFlow; keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   config_name = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -261,17 +235,16 @@ def main(argv):
             distributed.PrimaryFailedError) as e:
       # Not a bug: say what to do, without a traceback.
       _fail(str(e))
+    except train.DiskFullError as e:
+      # orbax's tasks that failed to write complain again as they go.
+      logging.get_absl_handler().addFilter(checkpoint.LibraryFilter())
+      _fail(str(e))
     except train.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(PREEMPTED_STATUS)
     except KeyboardInterrupt:
       _fail(f'interrupted; rerun the same command to resume {workdir} from '
             'its last checkpoint.', INTERRUPTED_STATUS)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      path = _disk_full_path(e)
-      if path is None:
-        raise
-      _fail(_disk_full_message(path, workdir))
 
 
 def run():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib.metadata
 import itertools
 import math
@@ -142,6 +143,55 @@ class Preempted(Exception):
   """SIGTERM stopped the run at a step boundary, after a checkpoint."""
 
 
+class DiskFullError(Exception):
+  """A write failed for want of space; the message says what to free."""
+
+
+def disk_full_path(error: BaseException) -> str | None:
+  """The file that `error` (or what caused it) could not write for want of
+  space ('' if it names none); None if it is no full disk."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return os.fspath(error.filename or '')
+    if 'No space left on device' in str(error):  # tensorstore, TensorFlow
+      return ''
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ('bytes', 'kB', 'MB', 'GB'):
+    if num_bytes < 1000 or unit == 'GB':
+      return (f'{num_bytes:.0f} {unit}' if unit == 'bytes'
+              else f'{num_bytes:.1f} {unit}')
+    num_bytes /= 1000
+  raise AssertionError('unreachable')
+
+
+def _disk_full_message(path: str, workdir: str, state_bytes: int) -> str:
+  """What DiskFullError says: where, what is free, what to free."""
+  path = path or workdir
+  folder = path
+  while not os.path.isdir(folder):
+    folder = os.path.dirname(os.path.abspath(folder))
+  free = shutil.disk_usage(folder).free
+  needed = max(workdir_lib.checkpoint_size(workdir) or 0, state_bytes)
+  return (f'no space left on the device of {path} ({_size(free)} free): '
+          f'free at least {_size(needed)} (one checkpoint) and rerun the '
+          'same command to resume from the last checkpoint.')
+
+
+def _state_bytes(config: Any, mcfg: model_lib.ModelConfig) -> int:
+  """Bytes of the state a checkpoint holds, padded as the devices hold it."""
+  seeds = steps_lib.seed_layout(config.num_seeds).padded_seeds
+  init = steps_lib.seed_init(
+      model_lib.make_model(mcfg),
+      steps_lib.make_optimizer(config.opt, config.num_train_steps),
+      config.data.max_length)
+  state = jax.eval_shape(init, steps_lib.seed_keys(range(seeds)))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
 def _prepare(config: Any, workdir: str, read_texts: Callable | None):
   """The checks, then the data: returns (model config, dataset texts).
 
@@ -169,7 +219,7 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   Raises ConfigError for bad input, or a workdir that another run holds,
   before anything is compiled or written, and data.DataMissingError when the
   dataset cannot be had. On SIGTERM it saves a checkpoint at the next step
-  boundary and raises Preempted. `force_unlock`: take over a lock that a
+  boundary and raises Preempted; on a full disk it raises DiskFullError. `force_unlock`: take over a lock that a
   killed run left, whatever it says (workdir.lock).
   """
   start_time = time.time()
@@ -192,6 +242,12 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
                       stop_requested)
   except workdir_lib.WorkdirInUseError as e:
     raise ConfigError(str(e)) from e
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    path = disk_full_path(e)
+    if path is None:
+      raise
+    raise DiskFullError(_disk_full_message(
+        path, workdir, _state_bytes(config, mcfg))) from e
 
 
 @dataclasses.dataclass

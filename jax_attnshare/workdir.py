@@ -238,7 +238,12 @@ def _acquire(workdir: str) -> int:
   path = os.path.join(workdir, LOCK_FILE)
   deadline = time.monotonic() + _PROBE_WAIT_S
   while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as e:  # Another user's run.
+      raise WorkdirInUseError(
+          f'{workdir} is locked by {path}, which this user cannot open '
+          f'({e.strerror}); use another --workdir.') from None
     try:
       if _try_flock(fd, fcntl.LOCK_EX):
         if _is_current(fd, path):

@@ -257,7 +257,7 @@ def _start(workdir, data_dir, log_path) -> subprocess.Popen:
   with open(log_path, 'w') as log:
     return subprocess.Popen(
         [sys.executable, '-m', 'jax_attnshare.main', f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', *_STOPPED_RUN],
+         *_STOPPED_RUN, f'--config.data.data_dir={data_dir}'],
         cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -362,11 +362,12 @@ def test_a_full_disk_is_one_line_and_the_run_stays_resumable(tmp_path):
   [error] = _errors(result.stderr)
   assert re.fullmatch(
       rf'error: no space left on the device of {workdir}/summary.json.tmp '
-      r'\([\d.]+ \w+ free\): free at least [\d.]+ \w+ \(the size '
-      r'of one checkpoint\) and rerun the same command to resume from the '
-      r'last checkpoint\.', error), error
+      r'\([\d.]+ \w+ free\): free at least [\d.]+ \w+ \(one checkpoint\) '
+      r'and rerun the same command to resume from the last checkpoint\.',
+      error), error
   assert 'Traceback' not in result.stderr
   assert not (workdir / workdir_lib.LOCK_FILE).exists()
+  assert not (workdir / 'summary.json.tmp').exists()
   result = subprocess.run(
       [sys.executable, '-m', 'jax_attnshare.main', *args], cwd=ROOT,
       env=_env(), capture_output=True, text=True, timeout=600, check=False)
