@@ -219,8 +219,9 @@ def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
   Raises ConfigError for bad input, or a workdir that another run holds,
   before anything is compiled or written, and data.DataMissingError when the
   dataset cannot be had. On SIGTERM it saves a checkpoint at the next step
-  boundary and raises Preempted; on a full disk it raises DiskFullError. `force_unlock`: take over a lock that a
-  killed run left, whatever it says (workdir.lock).
+  boundary and raises Preempted; on a full disk it raises DiskFullError.
+  `force_unlock`: take over a lock that a killed run left, whatever it says
+  (workdir.lock).
   """
   start_time = time.time()
   mcfg, texts = _prepare(config, workdir, read_texts)
