@@ -32,10 +32,10 @@ _INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
                  os.path.join('clu', 'metric_writers'))
 
 
-def fail(message: str):
+def fail(message: str, status: int = 2):
   """Bad input: one line on stderr, exit status 2 (as for a usage error)."""
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def config_name() -> str:
@@ -49,12 +49,19 @@ def check_no_arguments(argv: list[str]) -> None:
          '--config.FIELD=VALUE.')
 
 
+def _config_arg(argv: list[str]) -> str | None:
+  return next((a for a in argv if a.startswith('--config=')), None)
+
+
 def _unknown_field_message(argv: list[str]) -> str | None:
   """Names the first --config.FIELD override that is not a field."""
-  config_arg = next((a for a in argv if a.startswith('--config=')), None)
+  config_arg = _config_arg(argv)
   if config_arg is None:
     return None
-  node = configs.load_config(config_arg.removeprefix('--config='))
+  try:
+    node = configs.load_config(config_arg.removeprefix('--config='))
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None  # The file's own error: not an override's.
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
@@ -97,6 +104,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     # ml_collections raises these for an override of a field that does not
     # exist, with a multi-line hint.
     fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # The config file's own: a syntax error, or get_config raising.
+    fail(f'{_config_arg(argv) or "--config"}: the file failed to load: '
+         f'{type(e).__name__}: {one_line(e)}')
 
 
 class _LibraryInfoFilter(pylogging.Filter):

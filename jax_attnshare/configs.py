@@ -41,7 +41,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     if name not in defaults:
       raise ValueError(f'config arg {name!r} is unknown; known: '
                        f'{sorted(defaults)}.')
-    kind = type(defaults[name])
+    # A None default: an int that the config fills in when not given.
+    kind = int if defaults[name] is None else type(defaults[name])
     if not value:
       if kind is not bool:
         raise ValueError(f'config arg {name!r} needs a value ({name}=...).')
@@ -69,8 +70,9 @@ BLOG_BUCKET_LENGTHS = '80,128,160,192,240,304,384,512'
 # cannot cross a bucket change, so longer runs mean longer calls.
 BLOG_BUCKET_RUN_STEPS = 10
 
-# The args every config takes: its size, seed count and regime.
-SIZE_ARGS = dict(cpu=False, tiny=False, seeds=0, regime='clean')
+# The args every config takes: its size, seed count (None: the size's) and
+# regime.
+SIZE_ARGS = dict(cpu=False, tiny=False, seeds=None, regime='clean')
 
 
 def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
@@ -281,7 +283,7 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
     c.stats_examples = 8
     c.stats_batch_size = 4
     c.opt.update(learning_rate=1e-3, warmup_steps=2)
-  if a.seeds:
+  if a.seeds is not None:  # Checked with the other fields (train.validate).
     c.num_seeds = a.seeds
   return c
 

@@ -116,8 +116,11 @@ def read_tfds_texts(
     name: str, split: str, data_dir: str | None, allow_download: bool = True
 ) -> tuple[list[str], np.ndarray]:
   """Reads all (text, label) pairs of a supervised TFDS text split."""
-  # Imported here: it imports TensorFlow, which only reading needs.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Imported here: only reading needs TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  # pylint: enable=g-import-not-at-top
   data_dir = resolve_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   # Checked before any download so an offline machine fails in seconds
@@ -148,11 +151,34 @@ def read_tfds_texts(
       raise DataMissingError(f'{message} Download failed: {e!r}') from e
   dataset = builder.as_dataset(split=split, as_supervised=True)
   texts, labels = [], []
-  for text_batch, label_batch in tfds.as_numpy(dataset.batch(1024)):
-    texts.extend(t.decode('utf-8') for t in text_batch)
-    labels.append(label_batch)
+  try:
+    for text_batch, label_batch in tfds.as_numpy(dataset.batch(1024)):
+      texts.extend(t.decode('utf-8') for t in text_batch)
+      labels.append(label_batch)
+  except tf.errors.OpError as e:  # DataLossError: a truncated record.
+    paths = [os.fspath(p) for p in builder.info.splits[split].filepaths]
+    damaged = [p for p in paths if not _readable(p)] or paths
+    reason = e.message.strip().splitlines()[0].split("' failed with ")[-1]
+    reason = reason.split(' [Op:')[0]
+    raise DataMissingError(
+        f'{", ".join(damaged)} cannot be read ({reason}): the prepared '
+        f'{name!r} is damaged. Delete {os.fspath(builder.data_path)} and '
+        f'prepare it again (run once with internet: python -c \'import '
+        f'tensorflow_datasets as tfds; tfds.load("{name}", '
+        f'data_dir="{data_dir}")\').') from None
   labels = np.concatenate(labels) if labels else np.zeros([0])
   return texts, labels.astype(np.int32)
+
+
+def _readable(path: str) -> bool:
+  """Whether every record of a tfrecord file reads."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    for _ in tf.data.TFRecordDataset(path):
+      pass
+  except tf.errors.OpError:
+    return False
+  return True
 
 
 # SentencePiece's errors when vocab_size does not suit the texts: too small

@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from typing import (Any, Callable, ContextManager, Iterator, Sequence,
                     TypeVar)
@@ -116,6 +119,42 @@ def primary_only(what: str, fn: Callable[[], T]) -> T | None:
   return result
 
 
+def primary_value(what: str, fn: Callable[[], int]) -> int:
+  """fn() on process 0, its int on every process (errors as in primary_only).
+
+  For a choice that every process must make alike, such as the checkpoint
+  step to restore.
+  """
+  value = primary_only(what, fn)
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(
+      np.int32(value if is_primary() else 0)))
+
+
+def all_processes(flag: bool) -> bool:
+  """Whether `flag` holds on every process; a barrier as well."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def wait_for_file(path: str, what: str, timeout_s: float = 120.0) -> None:
+  """Waits until `path`, which process 0 wrote, is visible here.
+
+  A shared file system may show a new file to the other hosts a little
+  later. Raises ValueError if it does not appear within timeout_s.
+  """
+  deadline = time.monotonic() + timeout_s
+  while not os.path.exists(path):
+    if time.monotonic() > deadline:
+      raise ValueError(
+          f'{what} {path}, which process 0 wrote, did not appear on process '
+          f'{jax.process_index()} within {timeout_s:.0f} s: the workdir must '
+          'be one folder that every host mounts at the same path.')
+    time.sleep(0.1)
+
+
 def primary_first(what: str, fn: Callable[[], T]) -> T:
   """fn() on process 0, then on the others: for files they then share.
 
@@ -138,6 +177,31 @@ def held_by_primary(what: str,
   with contextlib.ExitStack() as stack:
     primary_only(what, lambda: stack.enter_context(hold()))
     yield
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[int], bool]]:
+  """Yields stop_requested(call): whether to save and stop after `call`.
+
+  `call` counts the loop's calls from 0, the same on every process. One
+  process: whether a SIGTERM came (a scheduler's preemption notice or time
+  limit; the signal is caught only inside this block). Several: JAX's
+  preemption service, which gets the SIGTERM of any process and picks the
+  call after which they all stop together (reached_preemption_sync_point).
+  """
+  if jax.process_count() > 1:
+    yield multihost_utils.reached_preemption_sync_point
+    return
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda call: False  # Python takes signals in its main thread.
+    return
+  received = []
+  previous = signal.signal(signal.SIGTERM,
+                           lambda signum, frame: received.append(signum))
+  try:
+    yield lambda call: bool(received)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def check_same(arrays: Sequence[np.ndarray], error: str) -> None:

@@ -16,7 +16,13 @@ Any field can be overridden after the file, e.g. --config.num_seeds=3
 and what they mean are in jax_attnshare/configs.py (classifier_config)
 and jax_attnshare/sharing.py (the sharing spec).
 
-The same command on the same workdir resumes from the latest checkpoint.
+The same command on the same workdir resumes from the latest checkpoint:
+after a crash, a kill, Ctrl-C (exit status 130), a full disk, or a SIGTERM
+(a scheduler's preemption or time limit), on which the run saves a
+checkpoint at the next step boundary and exits with status 143. A workdir
+locked by a run that was killed on another host is taken over by the same
+job or experiment (see docs/reliability.md); --force_unlock takes it over
+in any case.
 The tokenized data is read from its prepared entry (data_cache.py), which
 the first run with its config.data fields makes (or python -m
 jax_attnshare.prepare): later runs need neither TensorFlow nor
@@ -34,7 +40,9 @@ Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
 
+import logging as pylogging
 import os
+import sys
 
 # TensorFlow, where installed, only reads data and writes events here; it
 # does no math, so its oneDNN kernels are not needed, and without them and
@@ -48,6 +56,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from jax_attnshare import checkpoint
 from jax_attnshare import cli
 from jax_attnshare import data
 from jax_attnshare import distributed
@@ -73,6 +82,11 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'Several processes, found by JAX where it detects the cluster (Cloud TPU '
     'VM or pod slice, SLURM, Open MPI); the three flags above override what '
     'it detects.')
+_FORCE_UNLOCK = flags.DEFINE_bool(
+    'force_unlock', False,
+    'Take over the workdir\'s lock left by a run that did not release it '
+    '(killed on another host), even if it cannot be shown to be gone. A run '
+    'that still holds it on a file system with working locks stays refused.')
 _HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100,
     'Several processes: when one has been silent this long, the others stop '
@@ -84,6 +98,22 @@ def default_workdir(config_name: str) -> str:
   stem = os.path.splitext(stem)[0]
   suffix = '_' + arg.replace(',', '_').replace('=', '-') if arg else ''
   return os.path.join('runs', stem + suffix)
+
+
+# Exit statuses of a run that stopped and can be resumed: as a shell reports
+# a process ended by SIGINT (Ctrl-C) or SIGTERM.
+INTERRUPTED_STATUS = 130
+PREEMPTED_STATUS = 143
+
+
+class _DiskFullFilter(pylogging.Filter):
+  """Drops the records of a full disk, which the libraries' threads log
+  with their tracebacks: the one line _disk_full_message says it."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and train.disk_full_path(error) is not None)
+                or 'No space left on device' in record.getMessage())
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -101,6 +131,7 @@ def _hide_accelerators_from_tensorflow() -> None:
 def main(argv):
   cli.check_no_arguments(argv)
   cli.quiet_library_logs()
+  logging.get_absl_handler().addFilter(_DiskFullFilter())
   _hide_accelerators_from_tensorflow()
   config_name = cli.config_name()
   workdir = _WORKDIR.value or default_workdir(config_name)
@@ -120,13 +151,29 @@ def main(argv):
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:
       train.train_and_evaluate(cli.CONFIG.value, workdir,
-                               config_name=config_name)
+                               config_name=config_name,
+                               force_unlock=_FORCE_UNLOCK.value)
     except (train.ConfigError, data.DataMissingError,
             distributed.PrimaryFailedError) as e:
       # Not a bug: say what to do, without a traceback.
       cli.fail(str(e))
+    except train.DiskFullError as e:
+      # orbax's tasks that failed to write complain again as they go.
+      logging.get_absl_handler().addFilter(checkpoint.LibraryFilter())
+      cli.fail(str(e))
+    except train.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(PREEMPTED_STATUS)
+    except KeyboardInterrupt:
+      cli.fail(f'interrupted; rerun the same command to resume {workdir} from '
+               'its last checkpoint.', INTERRUPTED_STATUS)
+
+
+def run():
+  """The command: `python -m jax_attnshare.main` runs it."""
+  jax.config.config_with_absl()
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
-  jax.config.config_with_absl()
-  app.run(main, flags_parser=cli.parse_flags)
+  run()

@@ -118,10 +118,23 @@ def _one_of(m: Any, field: str, choices: tuple[str, ...], default: str,
 def model_config(config: Any, vocab_size: int, pad_id: int) -> ModelConfig:
   """Validates `config.model`/`config.sharing` and builds the ModelConfig."""
   m = config.model
+  if m.width < 1:
+    raise ValueError(f'config.model.width must be >= 1, got {m.width}.')
   sharing.validate_heads(m.width, m.num_heads)
   task = config.get('task', 'classify')
   if task not in TASKS:
     raise ValueError(f'config.task must be one of {TASKS}, got {task!r}.')
+  # (A sentence encoder has no classes: posthoc.hf_bert builds its own.)
+  if task == 'classify' and m.num_classes < 2:
+    raise ValueError(f'config.model.num_classes must be >= 2 for the '
+                     f'classifier, got {m.num_classes}.')
+  if not (isinstance(m.ffn_multiplier, int) and m.ffn_multiplier >= 1):
+    raise ValueError(f'config.model.ffn_multiplier must be an int >= 1 (the '
+                     f'FFN width over config.model.width), got '
+                     f'{m.ffn_multiplier!r}.')
+  if not (math.isfinite(m.layer_norm_eps) and m.layer_norm_eps > 0):
+    raise ValueError(f'config.model.layer_norm_eps must be a finite number '
+                     f'> 0, got {m.layer_norm_eps}.')
   if m.num_layers < 1:
     raise ValueError(f'config.model.num_layers must be >= 1, got '
                      f'{m.num_layers}.')

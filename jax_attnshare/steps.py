@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -54,6 +55,15 @@ def make_optimizer(opt: Any,
   if not 0 <= opt.warmup_steps <= num_train_steps:
     raise ValueError(f'config.opt.warmup_steps={opt.warmup_steps} must be in '
                      f'[0, config.num_train_steps={num_train_steps}].')
+  _check_positive(opt, 'learning_rate')
+  _check_positive(opt, 'clip_norm')
+  for name in ('b1', 'b2'):
+    if not 0 <= opt[name] < 1:
+      raise ValueError(f'config.opt.{name} must be in [0, 1), got '
+                       f'{opt[name]}.')
+  if not (math.isfinite(opt.weight_decay) and opt.weight_decay >= 0):
+    raise ValueError(f'config.opt.weight_decay must be a finite number >= 0, '
+                     f'got {opt.weight_decay}.')
   warmup = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
   decay_steps = max(num_train_steps - opt.warmup_steps, 1)
   decay = {
@@ -68,6 +78,13 @@ def make_optimizer(opt: Any,
   else:
     update = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
   return optax.chain(optax.clip_by_global_norm(opt.clip_norm), update)
+
+
+def _check_positive(opt: Any, name: str) -> None:
+  value = opt[name]
+  if not (math.isfinite(value) and value > 0):
+    raise ValueError(f'config.opt.{name} must be a finite number > 0, got '
+                     f'{value}.')
 
 
 def seed_keys(seeds) -> jax.Array:
@@ -256,7 +273,7 @@ class SeedSteps:
   sharded over the devices; on one device there is no padding. seed_chunk 0
   vmaps all of a device's replicas at once; seed_chunk c vmaps c at a time
   inside each step (over_seeds). The steps take and return padded trees;
-  `real` and `real_state` drop the padding from what leaves the device.
+  `real` drops the padding from what leaves the device.
   `train_steps` runs up to steps_per_call steps in one call.
   """
 
@@ -343,12 +360,6 @@ class SeedSteps:
     self.eval_split = jax.jit(eval_split)
     self.stats = jax.jit(seeded(functools.partial(stats_step, model=model)))
     self.maps = jax.jit(seeded(functools.partial(maps_step, model=model)))
-    index = self.layout.pad_index()
-    self._pad = jax.jit(lambda tree: jax.tree.map(lambda x: x[index], tree),
-                        out_shardings=self.seed_sharding)
-    self._unpad = jax.jit(
-        lambda tree: jax.tree.map(lambda x: x[:num_seeds], tree),
-        out_shardings=self.replicated)
 
   def train_steps(self, state: TrainState, window: dict, split: dict,
                   rows_C: jax.Array, count: int,
@@ -377,22 +388,17 @@ class SeedSteps:
     return self._init(keys)
 
   def restore_target(self, keys: jax.Array) -> TrainState:
-    """The abstract state a checkpoint holds: the real replicas only.
+    """The abstract state init returns: padded and seed-sharded.
 
-    Checkpoints do not depend on the device count, so a run resumes on any.
+    Checkpoints hold the state so, and restore into any other padding
+    (checkpoint.Checkpointer), so a run resumes on any device count.
     """
-    sharding = self.replicated if self.layout.padding else self.seed_sharding
+    if self.layout.padding:
+      keys = keys[self.layout.pad_index()]
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=self.seed_sharding),
         jax.eval_shape(self._seed_init, keys))
-
-  def pad_state(self, state: TrainState) -> TrainState:
-    """A restored state of the real replicas, padded as init pads it."""
-    return self._pad(state) if self.layout.padding else state
-
-  def real_state(self, state: TrainState) -> TrainState:
-    """The real replicas of a padded state, still on the devices."""
-    return self._unpad(state) if self.layout.padding else state
 
   def real(self, tree: Any) -> Any:
     """A fetched per-seed tree [S_padded, ...] without its padding."""
@@ -440,9 +446,16 @@ class SeedSteps:
 
   def zero_window(self) -> dict:
     """The metric sums of no steps: the start of a logging window."""
-    zeros = np.zeros(self.layout.padded_seeds, np.float32)
-    return jax.device_put({name: zeros for name in TRAIN_METRICS},
-                          self.seed_sharding)
+    zeros = np.zeros(self.layout.num_seeds, np.float32)
+    return self.put_window({name: zeros for name in TRAIN_METRICS})
+
+  def put_window(self, sums_S: dict) -> dict:
+    """A window's metric sums of the real replicas [S], padded, on the
+    devices: how a window that a checkpoint cut goes on after a restore."""
+    index = self.layout.pad_index()
+    return jax.device_put(
+        {name: np.asarray(sums_S[name], np.float32)[index]
+         for name in TRAIN_METRICS}, self.seed_sharding)
 
 
 def evaluate(steps: SeedSteps, params: Any,

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import itertools
+import math
 import os
 import shutil
 import time
@@ -47,6 +50,10 @@ def validate(config: Any) -> None:
   for name in positive:
     if config[name] < 1:
       raise ValueError(f'config.{name} must be >= 1, got {config[name]}.')
+  # Replica i's key is jax.random.key(seed + i), a uint32.
+  if not 0 <= config.seed <= 2**32 - config.num_seeds:
+    raise ValueError(f'config.seed must be in [0, 2**32 - config.num_seeds], '
+                     f'got {config.seed}.')
   if config.heatmap_example < 0:
     raise ValueError(f'config.heatmap_example must be >= 0, got '
                      f'{config.heatmap_example}.')
@@ -134,6 +141,59 @@ class ConfigError(ValueError):
   """Bad input found before compilation: main prints it as one line."""
 
 
+class Preempted(Exception):
+  """SIGTERM stopped the run at a step boundary, after a checkpoint."""
+
+
+class DiskFullError(Exception):
+  """A write failed for want of space; the message says what to free."""
+
+
+def disk_full_path(error: BaseException) -> str | None:
+  """The file that `error` (or what caused it) could not write for want of
+  space ('' if it names none); None if it is no full disk."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return os.fspath(error.filename or '')
+    if 'No space left on device' in str(error):  # tensorstore, TensorFlow
+      return ''
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ('bytes', 'kB', 'MB', 'GB'):
+    if num_bytes < 1000 or unit == 'GB':
+      return (f'{num_bytes:.0f} {unit}' if unit == 'bytes'
+              else f'{num_bytes:.1f} {unit}')
+    num_bytes /= 1000
+  raise AssertionError('unreachable')
+
+
+def _disk_full_message(path: str, workdir: str, state_bytes: int) -> str:
+  """What DiskFullError says: where, what is free, what to free."""
+  path = path or workdir
+  folder = path
+  while not os.path.isdir(folder):
+    folder = os.path.dirname(os.path.abspath(folder))
+  free = shutil.disk_usage(folder).free
+  needed = max(workdir_lib.checkpoint_size(workdir) or 0, state_bytes)
+  return (f'no space left on the device of {path} ({_size(free)} free): '
+          f'free at least {_size(needed)} (one checkpoint) and rerun the '
+          'same command to resume from the last checkpoint.')
+
+
+def _state_bytes(config: Any, mcfg: model_lib.ModelConfig) -> int:
+  """Bytes of the state a checkpoint holds, padded as the devices hold it."""
+  seeds = steps_lib.seed_layout(config.num_seeds).padded_seeds
+  init = steps_lib.seed_init(
+      model_lib.make_model(mcfg),
+      steps_lib.make_optimizer(config.opt, config.num_train_steps),
+      config.data.max_length)
+  state = jax.eval_shape(init, steps_lib.seed_keys(range(seeds)))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
 def _prepare(config: Any, workdir: str, read_texts: Callable | None):
   """The checks, then the data: returns (model config, prepared entry).
 
@@ -158,30 +218,45 @@ def _prepare(config: Any, workdir: str, read_texts: Callable | None):
 
 
 def train_and_evaluate(config: Any, workdir: str, config_name: str = '',
-                       read_texts: Callable | None = None) -> dict:
+                       read_texts: Callable | None = None,
+                       force_unlock: bool = False) -> dict:
   """Trains config.num_seeds replicas in one vmapped step; returns summary.
 
   Raises ConfigError for bad input, or a workdir that another run holds,
   before anything is compiled or written, and data.DataMissingError when the
-  dataset cannot be had. read_texts: data.read_tfds_texts's stand-in, for
-  tests (see data_cache.load_or_prepare).
+  dataset cannot be had. On SIGTERM it saves a checkpoint at the next step
+  boundary and raises Preempted; on a full disk it raises DiskFullError.
+  `force_unlock`: take over a lock that a killed run left, whatever it says
+  (workdir.lock). read_texts: data.read_tfds_texts's stand-in, for tests
+  (see data_cache.load_or_prepare).
   """
   start_time = time.time()
   mcfg, entry = _prepare(config, workdir, read_texts)
   compilation.use_cache(config)
   os.makedirs(workdir, exist_ok=True)
+  config_hash = workdir_lib.config_hash(workdir_lib.config_dict(config))
   try:
     # The lock names one pid on one host: process 0 holds it for them all.
     with distributed.held_by_primary(
-        'locking the workdir', lambda: workdir_lib.lock(workdir)):
+        'locking the workdir',
+        lambda: workdir_lib.lock(workdir, config_hash, force_unlock)):
       try:
         distributed.check_shared_file(
             os.path.join(workdir, workdir_lib.LOCK_FILE))
       except ValueError as e:
         raise ConfigError(str(e)) from e
-      return _train(config, workdir, config_name, mcfg, entry, start_time)
+      # From here a SIGTERM stops the run at the next step boundary.
+      with distributed.stop_requests() as stop_requested:
+        return _train(config, workdir, config_name, mcfg, entry, start_time,
+                      stop_requested)
   except workdir_lib.WorkdirInUseError as e:
     raise ConfigError(str(e)) from e
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    path = disk_full_path(e)
+    if path is None:
+      raise
+    raise DiskFullError(_disk_full_message(
+        path, workdir, _state_bytes(config, mcfg))) from e
 
 
 @dataclasses.dataclass
@@ -210,14 +285,25 @@ class _Progress:
   wall_before: float
   phase_s: dict[str, float]
   step: int
+  # Replica index -> the first step whose window flagged its train loss.
+  exploded: dict[int, int] = dataclasses.field(default_factory=dict)
+  # The mean train loss [S] of the last whole logging window.
+  window_loss: np.ndarray | None = None
+  # A logging window that a checkpoint cut (SIGTERM): its first step and
+  # per-seed metric sums [S] so far.
+  partial_window: dict | None = None
   # The step this process started from, and how long its first calls took.
   start_step: int = 0
   first_calls_s: list[float] = dataclasses.field(default_factory=list)
+  # The latest evaluation's summary (finished: False until the end).
   summary: dict | None = None
   # Real tokens and positions (padding included) per example, summed over
   # the steps done: the training batches' padding share.
   positions: np.ndarray = dataclasses.field(
       default_factory=lambda: np.zeros(2))
+  saved_step: int = -1
+  # Set at a step boundary at which SIGTERM stops the run.
+  stopping: bool = False
 
   @contextlib.contextmanager
   def timed(self, phase: str):
@@ -228,7 +314,7 @@ class _Progress:
 
 def _train(config: Any, workdir: str, config_name: str,
            mcfg: model_lib.ModelConfig, entry: data_cache.Entry,
-           start_time: float) -> dict:
+           start_time: float, stop_requested: Callable[[int], bool]) -> dict:
   """train_and_evaluate's work, in a workdir that this process holds.
 
   The story of a run: set it up, restore or initialise the replicas, then
@@ -241,15 +327,28 @@ def _train(config: Any, workdir: str, config_name: str,
     progress = _restore_or_init(run, ckpt)
     writers = _open_writers(run, progress.step)
     try:
-      _train_loop(run, progress, ckpt, writers)
+      _train_loop(run, progress, ckpt, writers, stop_requested)
     finally:
       writers.close()  # Which flushes them.
   finally:
     ckpt.close()
-  summary = progress.summary
-  if summary is None:  # Resumed after the last step: nothing left to do.
-    summary = workdir_lib.read_summary(workdir)
+  summary = _finish(run, progress)
   logging.info('%s', closing_line(summary, workdir))
+  return summary
+
+
+def _finish(run: _Run, progress: _Progress) -> dict:
+  """The summary that says finished, written last.
+
+  After the final checkpoint has committed and the writers have flushed, so
+  a run killed before this is no finished run, and its rerun finishes it.
+  """
+  summary = progress.summary
+  if summary is None:  # Restored at the end, from a checkpoint without it.
+    summary = workdir_lib.read_summary(run.workdir)
+  summary = {**summary, 'finished': True}
+  if distributed.is_primary():
+    workdir_lib.write_summary(run.workdir, summary)
   return summary
 
 
@@ -267,7 +366,10 @@ def _set_up(config: Any, workdir: str, config_name: str,
   if replaced and distributed.is_primary():
     logging.warning('Replacing the config.json of %s, since nothing was '
                     'trained with it: %s', workdir, '; '.join(replaced))
-    # Its tokenizer was trained for the replaced config.
+  if (replaced or not workdir_lib.read_config(workdir)) and (
+      distributed.is_primary()):
+    # Trained for the replaced config, or by a run killed before it wrote
+    # config.json (which comes after the tokenizer): of unknown config.
     shutil.rmtree(os.path.join(workdir, 'tokenizer'), ignore_errors=True)
   spec = mcfg.sharing.to_string()
   seeds = [config.seed + i for i in range(config.num_seeds)]
@@ -282,13 +384,6 @@ def _set_up(config: Any, workdir: str, config_name: str,
                'padded with %d repeated replicas whose results are dropped.',
                config.num_seeds, layout['devices'],
                layout['seeds_per_device'], layout['padding'])
-  if distributed.is_primary():
-    workdir_lib.write_config(workdir, cfg, {
-        'config_name': config_name, 'seeds': seeds, 'sharing': spec,
-        'versions': _versions(), 'devices': [str(d) for d in jax.devices()],
-        'seed_layout': layout,
-        'prepared_data': {'entry': entry.path,
-                          'source': entry.meta['source']}})
   dataset = entry.dataset
   try:
     # The report and post-hoc studies read the tokenizer from the workdir.
@@ -304,6 +399,13 @@ def _set_up(config: Any, workdir: str, config_name: str,
         'of process 0\'s)')
   except ValueError as e:  # A workdir trained with another tokenizer.
     raise ConfigError(str(e)) from e
+  if distributed.is_primary():
+    workdir_lib.write_config(workdir, cfg, {
+        'config_name': config_name, 'seeds': seeds, 'sharing': spec,
+        'versions': _versions(), 'devices': [str(d) for d in jax.devices()],
+        'seed_layout': layout,
+        'prepared_data': {'entry': entry.path,
+                          'source': entry.meta['source']}})
   batches = data.TrainBatches(dataset.train, config.batch_size,
                               config.data.data_seed,
                               seeds if per_seed else None,
@@ -321,27 +423,53 @@ def _restore_or_init(run: _Run, ckpt: checkpoint.Checkpointer) -> _Progress:
   keys = steps_lib.seed_keys(run.seeds)
   phase_s = dict.fromkeys(PHASES, 0.0)
   if ckpt.latest_step() is None:
-    state = run.steps.init(keys)
-    history, diverged, wall_before = [], {}, 0.0
-  else:
-    try:
-      state, meta = ckpt.restore(run.steps.restore_target(keys))
-    except checkpoint.CheckpointError as e:
-      raise ConfigError(str(e)) from e
-    history = meta['history']
-    diverged = {int(k): v for k, v in meta['diverged'].items()}
-    wall_before = meta['wall_time_s']
-    state = run.steps.pad_state(state)
-    phase_s.update(meta.get('phase_s', {}))
-  # The restored state's own step: the latest checkpoint may not restore.
-  step = int(distributed.fetch(state.step)[0])
-  if step:
-    logging.info('Resumed %s from step %d.', run.workdir, step)
-  # The batches depend only on the step: no state to restore.
-  positions = np.array(run.batches.positions(0, step)) * step
-  return _Progress(state=state, history=history, diverged=diverged,
-                   wall_before=wall_before, phase_s=phase_s, step=step,
-                   start_step=step, positions=positions)
+    return _Progress(state=run.steps.init(keys), history=[], diverged={},
+                     wall_before=0.0, phase_s=phase_s, step=0)
+  try:
+    state, meta = ckpt.restore(run.steps.restore_target(keys),
+                               run.config.num_seeds)
+  except checkpoint.CheckpointError as e:
+    raise ConfigError(str(e)) from e
+  phase_s.update(meta.get('phase_s', {}))
+  # The restored state's own step, the same for every replica.
+  steps_S = np.unique(distributed.fetch(state.step))
+  if len(steps_S) != 1:
+    raise ConfigError(f'the checkpoint of {run.workdir} holds replicas at '
+                      f'different steps {steps_S.tolist()}; it was not '
+                      'written by this code.')
+  step = int(steps_S[0])
+  window_loss = meta.get('window_loss')
+  progress = _Progress(
+      state=state, history=meta['history'],
+      diverged={int(k): v for k, v in meta['diverged'].items()},
+      wall_before=meta['wall_time_s'], phase_s=phase_s, step=step,
+      start_step=step,
+      exploded={int(k): v for k, v in meta.get('exploded', {}).items()},
+      window_loss=(None if window_loss is None
+                   else np.array(window_loss, np.float32)),
+      partial_window=meta.get('window'), summary=meta.get('summary'),
+      saved_step=step,
+      # The batches depend only on the step: no state to restore.
+      positions=np.array(run.batches.positions(0, step)) * step)
+  logging.info('Resumed %s from step %d.', run.workdir, step)
+  _restore_summary(run, progress.summary)
+  return progress
+
+
+def _restore_summary(run: _Run, summary: dict | None) -> None:
+  """Writes the restored checkpoint's summary if summary.json is older.
+
+  A run killed after a checkpoint committed and before the summary of its
+  evaluation was written leaves summary.json behind it.
+  """
+  if summary is None or not distributed.is_primary():
+    return
+  try:
+    written = workdir_lib.read_summary(run.workdir)['completed_steps']
+  except (FileNotFoundError, ValueError):  # None yet, or unreadable.
+    written = -1
+  if written < summary['completed_steps']:
+    workdir_lib.write_summary(run.workdir, summary)
 
 
 def _open_writers(run: _Run, first_step: int) -> writers_lib.SeedWriters:
@@ -359,8 +487,14 @@ def _open_writers(run: _Run, first_step: int) -> writers_lib.SeedWriters:
 
 def _train_loop(run: _Run, progress: _Progress,
                 ckpt: checkpoint.Checkpointer,
-                writers: writers_lib.SeedWriters) -> None:
-  """Logging windows until the last step, evaluating and saving between."""
+                writers: writers_lib.SeedWriters,
+                stop_requested: Callable[[int], bool]) -> None:
+  """Logging windows until the last step, evaluating and saving between.
+
+  A summary is written once the checkpoint of its step (if it has one) has
+  committed. SIGTERM stops the loop at the next step boundary, after a
+  checkpoint, with Preempted.
+  """
   config = run.config
   evals_left = len(evaluation_steps(config, progress.step))
   # Both splits go to the devices once; batches are gathered there.
@@ -368,33 +502,57 @@ def _train_loop(run: _Run, progress: _Progress,
   test_split = run.steps.put_eval_split(run.dataset.test,
                                         config.eval_batch_size,
                                         run.batches.buckets)
+  calls = itertools.count()
   while progress.step < config.num_train_steps:
-    train_S = _train_window(run, progress, train_split, writers, evals_left)
+    train_S = _train_window(run, progress, train_split, writers, evals_left,
+                            lambda: stop_requested(next(calls)))
     step = progress.step
     last = step == config.num_train_steps
-    if evaluates_at(config, step):
+    evaluated = train_S is not None and evaluates_at(config, step)
+    if evaluated:
       evals_left -= 1
       progress.summary = _evaluate(run, progress, test_split, writers,
                                    train_S, last)
-    if last or step % config.ckpt_every_steps == 0:
+    if train_S is not None and (last or step % config.ckpt_every_steps == 0):
       with progress.timed('checkpoints'):
         _save(run, progress, ckpt)
+        if evaluated:
+          ckpt.wait_until_finished()
+    if evaluated:
+      _write_summary(run, progress.summary)
+    if progress.stopping and not last:
+      if progress.saved_step != step:
+        with progress.timed('checkpoints'):
+          _save(run, progress, ckpt)
+      ckpt.wait_until_finished()
+      raise Preempted(
+          f'stopped by SIGTERM at step {step} of {config.num_train_steps}, '
+          f'which is saved in {ckpt.directory}; rerun the same command to '
+          'resume from it.')
 
 
 def _train_window(run: _Run, progress: _Progress, train_split: dict,
-                  writers: writers_lib.SeedWriters,
-                  evals_left: int) -> dict[str, np.ndarray]:
+                  writers: writers_lib.SeedWriters, evals_left: int,
+                  stop_requested: Callable[[], bool]
+                  ) -> dict[str, np.ndarray] | None:
   """Trains to the end of one logging window and logs it; returns its means.
 
   Every evaluation and checkpoint step also ends a logging window
   (window_end), so a resumed run logs the same windows as an uninterrupted
-  one.
+  one; a window that a SIGTERM cut goes on from its sums (partial_window).
+  Returns None when SIGTERM stops the run inside the window.
   """
   config, steps, batches = run.config, run.steps, run.batches
-  first_step, end = progress.step, window_end(config, progress.step)
-  window, window_start = steps.zero_window(), time.time()
-  step = first_step
-  while step < end:
+  end = window_end(config, progress.step)
+  if progress.partial_window:
+    first_step = progress.partial_window['start']
+    window = steps.put_window(progress.partial_window['sums'])
+    progress.partial_window = None
+  else:
+    first_step, window = progress.step, steps.zero_window()
+  window_start, resumed = time.time(), progress.step
+  step = progress.step
+  while step < end and not progress.stopping:
     call_start = time.time()
     # The first two calls of a process are one step each (_FIRST_CALLS), so
     # that the log says at once what compiling and one step cost.
@@ -413,22 +571,29 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
       progress.first_calls_s.append(time.time() - call_start)
       _log_first_calls(config, progress, len(batches.buckets))
     step = end_of_call
-  progress.step = end
+    progress.stopping = stop_requested()
+  progress.step = step
+  seconds = time.time() - window_start
+  progress.phase_s['train'] += seconds
+  sums_S = steps.real(distributed.fetch(window))
+  if step < end:
+    progress.partial_window = {'start': first_step, 'sums': sums_S}
+    return None
   window_steps = end - first_step
   real, positions = batches.positions(first_step, end)
   progress.positions += np.array([real, positions]) * window_steps
-  train_S = {k: v / window_steps
-             for k, v in steps.real(distributed.fetch(window)).items()}
-  seconds = time.time() - window_start
-  progress.phase_s['train'] += seconds
+  train_S = {k: v / window_steps for k, v in sums_S.items()}
   flag_nonfinite(train_S['loss'], end, progress.diverged, run.seeds,
                  config.halt_on_nonfinite)
+  flag_exploding(train_S['loss'], progress.window_loss, end,
+                 progress.exploded, run.seeds, _chance_loss(run))
+  progress.window_loss = train_S['loss']
   # A diverged replica's metrics are missing from then on, so every
   # aggregate over seeds covers the live replicas only.
   train_S = mask_diverged(train_S, progress.diverged)
   live = config.num_seeds - len(progress.diverged)
-  examples_per_s = (window_steps * config.batch_size * config.num_seeds
-                    / seconds)
+  ran = end - resumed  # Steps of this window that this process ran.
+  examples_per_s = ran * config.batch_size * config.num_seeds / seconds
   with progress.timed('writers'):
     writers.write_scalars(end, {f'train/{k}': v for k, v in train_S.items()})
     writers.agg.write_scalars(end, {
@@ -445,9 +610,9 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
       '(%.0f examples/s, %.0f tokens/s, %.1f%% padding); ETA %s', end,
       config.num_train_steps,
       float(np.nanmean(train_S['loss'])) if live else float('nan'), live,
-      config.num_seeds, window_steps / seconds, examples_per_s,
+      config.num_seeds, ran / seconds, examples_per_s,
       examples_per_s * positions, 100 * (1 - real / positions),
-      format_seconds((config.num_train_steps - end) * seconds / window_steps
+      format_seconds((config.num_train_steps - end) * seconds / ran
                      + evals_left * eval_s))
   return train_S
 
@@ -484,8 +649,8 @@ def _evaluate(run: _Run, progress: _Progress, test_split: dict,
               last: bool) -> dict:
   """Test metrics and attention statistics, written out; returns the summary.
 
-  The last evaluation also writes the attention maps, before the summary
-  that says the run is finished.
+  The last evaluation also writes the attention maps. The summary is the
+  caller's to write, unfinished (see _finish).
   """
   config, steps, step = run.config, run.steps, progress.step
   params = progress.state.params
@@ -519,36 +684,45 @@ def _evaluate(run: _Run, progress: _Progress, test_split: dict,
     if last and distributed.is_primary():
       workdir_lib.write_attention_maps(run.workdir, maps_SNHTT, pieces,
                                        label, step)
-  return _write_summary(run, progress, _summary_attention(stats_S))
+  return _summary(run, progress, _summary_attention(stats_S))
 
 
-def _write_summary(run: _Run, progress: _Progress,
-                   final_attention: dict) -> dict:
+def _summary(run: _Run, progress: _Progress, final_attention: dict) -> dict:
+  """summary.json's value now, saying unfinished (_finish says finished)."""
   value = workdir_lib.jsonable(workdir_lib.summary(
       config=run.cfg, config_name=run.config_name, sharing=run.spec,
       seeds=run.seeds, params=run.params_count, cost=run.cost_summary,
       completed_steps=progress.step,
       wall_time_s=progress.wall_before + time.time() - run.start_time,
       history=progress.history, diverged=progress.diverged,
-      final_attention=final_attention,
+      exploded=progress.exploded, final_attention=final_attention,
       sparsity_thresholds=_threshold_descriptions(),
       phase_s=progress.phase_s,
       train_batches=_train_batches(progress)))
+  return {**value, 'finished': False}
+
+
+def _write_summary(run: _Run, summary: dict) -> None:
   if distributed.is_primary():
-    workdir_lib.write_summary(run.workdir, value)
-  return value
+    workdir_lib.write_summary(run.workdir, summary)
 
 
 def _save(run: _Run, progress: _Progress,
           ckpt: checkpoint.Checkpointer) -> None:
-  """A checkpoint of the real replicas, with the history to resume from."""
-  ckpt.save(progress.step, run.steps.real_state(progress.state), {
+  """A checkpoint of the state as the devices hold it, and what else a
+  resumed run needs to go on as if it had not stopped: the history, the
+  flags, the last evaluation's summary and a cut window's sums."""
+  ckpt.save(progress.step, progress.state, workdir_lib.jsonable({
       'seeds': run.seeds, 'sharing': run.spec,
-      'history': workdir_lib.jsonable(progress.history),
-      'diverged': progress.diverged,
+      'history': progress.history,
+      'diverged': progress.diverged, 'exploded': progress.exploded,
+      'window_loss': progress.window_loss,
+      'window': progress.partial_window,
+      'summary': progress.summary,
       'wall_time_s': progress.wall_before + time.time() - run.start_time,
       'phase_s': progress.phase_s,
-      'config_hash': workdir_lib.config_hash(run.cfg)})
+      'config_hash': workdir_lib.config_hash(run.cfg)}))
+  progress.saved_step = progress.step
 
 
 def _train_batches(progress: _Progress) -> dict[str, float]:
@@ -642,6 +816,44 @@ def mask_diverged(values_S: Mapping[str, np.ndarray],
     value[list(diverged)] = np.nan
     out[name] = value
   return out
+
+
+# A logging window's mean train loss is flagged as exploding when it is over
+# LOSS_GROWTH times the window before's, or over LOSS_BOUND times the loss
+# of a uniform prediction (ln of the classes, or of the vocabulary).
+LOSS_GROWTH = 100.0
+LOSS_BOUND = 10.0
+
+
+def _chance_loss(run: _Run) -> float:
+  outputs = (run.config.data.vocab_size if run.config.get('task') == 'lm'
+             else run.config.model.num_classes)
+  return math.log(outputs)
+
+
+def flag_exploding(loss_S: np.ndarray, before_S: np.ndarray | None,
+                   step: int, exploded: dict[int, int], seeds: list[int],
+                   chance_loss: float) -> None:
+  """Flags (in `exploded` and the log) replicas whose train loss blew up.
+
+  The run goes on: a flag is for the reader of the summary, not a stop.
+  """
+  before_S = (np.full_like(loss_S, np.nan) if before_S is None
+              else np.asarray(before_S))
+  for i, (loss, before) in enumerate(zip(loss_S, before_S)):
+    if i in exploded or not np.isfinite(loss):
+      continue
+    if before > 0 and loss > LOSS_GROWTH * before:
+      why = f'{loss / before:.3g} times the window before\'s {before:.3g}'
+    elif loss > LOSS_BOUND * chance_loss:
+      why = (f'over {LOSS_BOUND:g} times the loss of a uniform prediction '
+             f'({chance_loss:.3g})')
+    else:
+      continue
+    exploded[i] = step
+    logging.warning('Replica %d (seed %d): train loss %.4g by step %d, %s; '
+                    'it is flagged in summary.json (loss_exploded_at_step) '
+                    'and training goes on.', i, seeds[i], loss, step, why)
 
 
 def flag_nonfinite(loss_S, step, diverged, seeds, halt: bool) -> None:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import math
 import os
 import socket
+import threading
+import time
 from typing import Any, Iterator, Mapping, Sequence
 import zipfile
 
@@ -30,6 +34,14 @@ SUMMARY_FILE = 'summary.json'
 ATTENTION_MAPS_FILE = 'attention_maps.npz'
 # Held by the run that trains in the workdir (see lock).
 LOCK_FILE = '.lock'
+# A run refreshes its lock this often; one on another host that has not for
+# STALE_S is presumed gone (longer than any clock skew between hosts).
+HEARTBEAT_S = 30
+STALE_S = 300
+# How long a starting run waits out readers that hold the lock for an instant.
+_PROBE_WAIT_S = 5.0
+# Environment variables that name the scheduler job a run belongs to.
+JOB_ID_VARIABLES = ('SLURM_JOB_ID',)
 # summary.json's format; a reader refuses any other.
 FORMAT = 1
 # The summary keys a reader cannot do without (summary() writes them all).
@@ -121,56 +133,256 @@ def _is_running(pid: int) -> bool:
   return True
 
 
-def _check_holder(workdir: str, path: str) -> None:
-  """Removes the lock at `path` if its holder is dead, else raises."""
+def job_id() -> str:
+  """The scheduler job this process runs in ('' outside one).
+
+  A job that its scheduler requeues on another node keeps its id.
+  """
+  return next((f'{name}={os.environ[name]}' for name in JOB_ID_VARIABLES
+               if os.environ.get(name)), '')
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+  """flock without blocking; False if another open file holds the lock."""
   try:
-    with open(path) as f:
-      holder = json.load(f)
-  except FileNotFoundError:  # Released meanwhile.
+    fcntl.flock(fd, operation | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return False
+  return True
+
+
+def _is_current(fd: int, path: str) -> bool:
+  """Whether `fd` is still the file at `path` (a holder removes it last)."""
+  try:
+    on_disk = os.stat(path)
+  except FileNotFoundError:
+    return False
+  mine = os.fstat(fd)
+  return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _read_holder(fd: int) -> dict | None:
+  """The holder record in the lock file; None if empty, {} if unreadable."""
+  text = os.pread(fd, 1 << 16, 0)
+  if not text:
+    return None
+  try:
+    holder = json.loads(text)
+  except json.JSONDecodeError:  # Its writer died while writing it.
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict | None) -> str:
+  if not holder or 'pid' not in holder:
+    return 'a run whose lock record is being written or unreadable'
+  job = f', job {holder["job"]}' if holder.get('job') else ''
+  return (f'pid {holder["pid"]} on host {holder.get("host")}{job} since '
+          f'{holder.get("started")}')
+
+
+def _silent_s(fd: int) -> float:
+  """Seconds since the lock's holder last refreshed it (its heartbeat)."""
+  return time.time() - os.fstat(fd).st_mtime
+
+
+def _presumed_live(holder: dict, fd: int) -> bool:
+  """Whether the holder of a record left unreleased may still run.
+
+  On this host its pid answers (a run whose pid lives on took no flock: a
+  pid reused, or an older version of this code). Another host cannot be
+  asked: its run counts as live while it refreshes the lock (HEARTBEAT_S).
+  """
+  if holder.get('host') == socket.gethostname():
+    return _is_running(holder.get('pid', 0))
+  return _silent_s(fd) < STALE_S
+
+
+def _check_takeover(workdir: str, fd: int, holder: dict, config_hash: str,
+                    force: bool) -> None:
+  """Raises unless the unreleased record `holder` may be taken over.
+
+  Taken over: with force; by the same scheduler job (requeued on another
+  node); or when its holder is not presumed live (_presumed_live) and, on
+  another host, ran the same experiment (config hash).
+  """
+  path, who = os.path.join(workdir, LOCK_FILE), _describe(holder)
+  if force:
+    logging.warning('--force_unlock: taking over %s from %s.', path, who)
     return
-  except json.JSONDecodeError:  # Being written, or its writer died at once.
+  if not holder:  # Records are written under the flock: its writer died.
+    logging.warning('Taking over %s, whose record is unreadable.', path)
+    return
+  same_host = holder.get('host') == socket.gethostname()
+  if holder.get('job') and holder['job'] == job_id():
+    logging.warning('Taking over %s from %s: the same job, restarted.', path,
+                    who)
+    return
+  if not _presumed_live(holder, fd) and (
+      same_host or holder.get('config_hash') == config_hash):
+    logging.warning('Taking over %s: its holder, %s, is gone.', path, who)
+    return
+  if same_host:
     raise WorkdirInUseError(
-        f'{workdir} is locked by {path}, which cannot be read; if no run '
-        'uses this workdir, delete that file.') from None
-  pid, host = holder['pid'], holder['host']
-  if host != socket.gethostname():
-    raise WorkdirInUseError(
-        f'{workdir} is in use by pid {pid} on host {host} since '
-        f'{holder["started"]}, which cannot be checked from here; if that '
-        f'run is gone, delete {path}.')
-  if _is_running(pid):
-    raise WorkdirInUseError(
-        f'{workdir} is in use by pid {pid} on host {host} since '
-        f'{holder["started"]}; wait for it or use another --workdir.')
-  logging.warning('Taking over %s: its holder, pid %d (since %s), is gone.',
-                  path, pid, holder['started'])
-  with contextlib.suppress(FileNotFoundError):
-    os.remove(path)
+        f'{workdir} is in use by {who}; wait for it or use another '
+        '--workdir (or, if that pid is not a run in this workdir, rerun with '
+        '--force_unlock).')
+  raise WorkdirInUseError(
+      f'{workdir} is locked by {who}, last seen {_silent_s(fd):.0f} s ago, '
+      'which cannot be checked from here; if that run is gone, rerun with '
+      '--force_unlock (the same experiment takes the lock over by itself '
+      f'once it has been silent for {STALE_S} s).')
+
+
+def _acquire(workdir: str) -> int:
+  """An open lock file of `workdir` that this process holds exclusively."""
+  path = os.path.join(workdir, LOCK_FILE)
+  deadline = time.monotonic() + _PROBE_WAIT_S
+  while True:
+    try:
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as e:  # Another user's run.
+      raise WorkdirInUseError(
+          f'{workdir} is locked by {path}, which this user cannot open '
+          f'({e.strerror}); use another --workdir.') from None
+    try:
+      if _try_flock(fd, fcntl.LOCK_EX):
+        if _is_current(fd, path):
+          return fd
+        # Its holder released and removed it meanwhile: open it anew.
+        os.close(fd)
+        continue
+      # A run holds it, or a reader (live_holder) for an instant.
+      readers_only = _try_flock(fd, fcntl.LOCK_SH)
+      holder = _read_holder(fd)
+    except OSError as e:
+      os.close(fd)
+      if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        raise WorkdirInUseError(
+            f'{workdir} cannot be locked: its file system does not support '
+            f'file locks ({e.strerror}); use a --workdir on one that does '
+            '(mount NFS with locking, Lustre with -o flock).') from None
+      raise
+    os.close(fd)
+    if not readers_only or time.monotonic() > deadline:
+      raise WorkdirInUseError(
+          f'{workdir} is in use by {_describe(holder)}; wait for it or use '
+          'another --workdir.')
+    time.sleep(0.01)
 
 
 @contextlib.contextmanager
-def lock(workdir: str) -> Iterator[None]:
-  """Holds `workdir` for this process; raises WorkdirInUseError if taken.
+def _heartbeat(fd: int) -> Iterator[None]:
+  """Refreshes the lock file's mtime every HEARTBEAT_S while in the block."""
+  stop = threading.Event()
 
-  Two runs in one workdir would overwrite each other's checkpoints. The lock
-  is LOCK_FILE, created atomically, naming the holder's pid, host and start
-  time; one whose holder died on this host is taken over.
-  """
-  path = os.path.join(workdir, LOCK_FILE)
-  while True:
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      break
-    except FileExistsError:
-      _check_holder(workdir, path)
-  with os.fdopen(fd, 'w') as f:
-    json.dump({'pid': os.getpid(), 'host': socket.gethostname(),
-               'started': datetime.datetime.now().astimezone().isoformat(
-                   timespec='seconds')}, f)
+  def beat():
+    while not stop.wait(HEARTBEAT_S):
+      with contextlib.suppress(OSError):  # The next beat tries again.
+        os.utime(fd)
+
+  thread = threading.Thread(target=beat, name='workdir-lock-heartbeat',
+                            daemon=True)
+  thread.start()
   try:
     yield
   finally:
+    stop.set()
+    thread.join()
+
+
+@contextlib.contextmanager
+def lock(workdir: str, config_hash: str = '',
+         force: bool = False) -> Iterator[None]:
+  """Holds `workdir` for this process; raises WorkdirInUseError if taken.
+
+  Two runs in one workdir would overwrite each other's checkpoints. The lock
+  is an flock on LOCK_FILE, which also records the holder (pid, host, start,
+  scheduler job, experiment) for messages and a heartbeat (its mtime). The
+  OS drops the flock when its holder dies, however it dies, so of any number
+  of runs that start at once exactly one gets it. A released lock's file is
+  removed; a file left by a run that was killed is taken over as
+  _check_takeover says (`force`: always, for --force_unlock). Temporary
+  files a killed run left behind are removed.
+  """
+  fd = _acquire(workdir)
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    holder = _read_holder(fd)
+    if holder is not None:
+      _check_takeover(workdir, fd, holder, config_hash, force)
+    record = json.dumps({
+        'pid': os.getpid(), 'host': socket.gethostname(),
+        'started': datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        'job': job_id(), 'config_hash': config_hash}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record, 0)
+    os.fsync(fd)
+    _remove_temporary_files(workdir)
+  except BaseException:
+    os.close(fd)  # Releases the flock; the file is the earlier holder's.
+    raise
+  try:
+    with _heartbeat(fd):
+      yield
+  finally:
+    # Removed while held, so that whoever opened it meanwhile sees that it
+    # is gone (_is_current) instead of holding a lock nobody else sees.
     os.remove(path)
+    os.close(fd)
+
+
+def live_holder(workdir: str) -> str | None:
+  """Who holds `workdir`'s lock and may be running: a description, or None.
+
+  For readers (post-hoc) that must not read a workdir that is still
+  training. It takes the lock shared for an instant, which a starting run
+  waits out (_acquire).
+  """
+  try:
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDONLY)
+  except FileNotFoundError:
+    return None
+  try:
+    holder = _read_holder(fd)
+    if not _try_flock(fd, fcntl.LOCK_SH):
+      return _describe(holder)
+    if holder and _presumed_live(holder, fd):
+      return _describe(holder)
+    return None
+  finally:
+    os.close(fd)
+
+
+def _temporary_path(path: str) -> str:
+  return f'{path}.tmp'
+
+
+def _remove_temporary_files(workdir: str) -> None:
+  """Removes the temporary files of writes that a kill interrupted."""
+  for name in (CONFIG_FILE, SUMMARY_FILE, ATTENTION_MAPS_FILE):
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(_temporary_path(os.path.join(workdir, name)))
+
+
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[str]:
+  """Yields a temporary path to write; it replaces `path` if all went well.
+
+  Otherwise it is removed (a full disk leaves no empty file behind) and an
+  OSError names it.
+  """
+  tmp = _temporary_path(path)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException as e:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    if isinstance(e, OSError) and e.filename is None:
+      e.filename = tmp
+    raise
 
 
 def versions(packages: Sequence[str]) -> dict[str, str | None]:
@@ -189,10 +401,8 @@ def versions(packages: Sequence[str]) -> dict[str, str | None]:
 
 def write_json(path: str, value: Any) -> None:
   """Writes atomically, so a crash never leaves half a file."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
+  with _replacing(path) as tmp, open(tmp, 'w') as f:
     json.dump(jsonable(value), f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
 
 
 def jsonable(value: Any) -> Any:
@@ -222,9 +432,8 @@ def jsonable(value: Any) -> Any:
 
 def write_npz(path: str, **arrays: np.ndarray) -> None:
   """np.savez, atomically (see write_json)."""
-  tmp = f'{path}.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with _replacing(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
 
 
 def _read_json(path: str) -> Any:
@@ -233,6 +442,17 @@ def _read_json(path: str) -> Any:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON: {e}') from e
+
+
+def checkpoint_size(workdir: str) -> int | None:
+  """Bytes of the largest checkpoint (step folder) in `workdir`, if any."""
+  folder = os.path.join(workdir, 'checkpoints')
+  sizes = [sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(os.path.join(folder, step))
+               for name in names)
+           for step in (os.listdir(folder) if os.path.isdir(folder) else [])
+           if step.isdigit()]
+  return max(sizes, default=None)
 
 
 def write_config(workdir: str, config: dict, extra: Mapping[str, Any]) -> None:
@@ -302,6 +522,7 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
             params: dict, completed_steps: int, wall_time_s: float,
             history: list[dict], diverged: dict[int, int],
             final_attention: dict[str, np.ndarray] | None,
+            exploded: Mapping[int, int] | None = None,
             sparsity_thresholds: Mapping[str, str],
             cost: dict | None = None,
             phase_s: Mapping[str, float] | None = None,
@@ -310,8 +531,11 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
 
   `cost` is cost.summary's FLOP and KV-cache accounting of the model;
   `phase_s` the wall time spent in each phase of the loop; `train_batches`
-  the training batches' padding share and positions per example.
+  the training batches' padding share and positions per example;
+  `exploded` the replicas whose train loss blew up (train.flag_exploding),
+  by the step.
   """
+  exploded = exploded or {}
   last = history[-1] if history else {}
   # The task's test metrics: accuracy for the classifier; perplexity and
   # token accuracy for the LM.
@@ -321,6 +545,7 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
   for i, seed in enumerate(seeds):
     entry = {'seed': seed, 'diverged': i in diverged,
              'diverged_at_step': diverged.get(i),
+             'loss_exploded_at_step': exploded.get(i),
              **{k: last[k][i] if k in last else None for k in metrics},
              'params': params}
     if final_attention is not None:

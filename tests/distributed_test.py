@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -176,6 +177,10 @@ def test_two_processes_train_one_experiment_and_resume_after_a_kill(
     assert sorted(writers) == sorted(pids), run  # One per run of process 0.
   assert not glob.glob(os.path.join(workdir, '**', '*.tmp*'), recursive=True)
   assert workdir_lib.read_summary(workdir)['completed_steps'] == 6
+  # Process 0 wrote the checksums of what both processes saved.
+  for step in ('3', '6'):
+    assert os.path.exists(os.path.join(workdir, 'checkpoints', step,
+                                       'sha256sums.json'))
 
 
 @pytest.mark.parametrize('flags, message', [
@@ -192,3 +197,17 @@ def test_process_flags_together_or_detected_pass():
   assert distributed.check_flags('10.0.0.2:29500', 4, 3, False) is None
   assert distributed.check_flags(None, None, None, True) is None
   assert distributed.check_flags(None, None, None, False) is None
+
+
+def test_a_file_process_0_writes_is_waited_for_then_refused(tmp_path):
+  path = str(tmp_path / 'later')
+  late = threading.Timer(0.3, lambda: open(path, 'w').close())
+  late.start()
+  distributed.wait_for_file(path, 'the file', timeout_s=60)
+  late.join()
+  with pytest.raises(ValueError, match=r'the tokenizer .*never, which '
+                     'process 0 wrote, did not appear on process 0 within 0 '
+                     's: the workdir must be one folder that every host '
+                     'mounts at the same path'):
+    distributed.wait_for_file(str(tmp_path / 'never'), 'the tokenizer',
+                              timeout_s=0.2)

@@ -5,16 +5,28 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
+import jax
 import pytest
 
 from jax_attnshare import configs
 from jax_attnshare import cost
 from jax_attnshare import data
+from jax_attnshare import main as main_lib
 from jax_attnshare import train
+from jax_attnshare import workdir as workdir_lib
 from jax_attnshare.posthoc import study
+import tiny_tfds
+from train_test import numbers
+
+# Tiny models: compile time dominates, so let XLA skip most optimizations
+# (the subprocesses get it through JAX_DISABLE_MOST_OPTIMIZATIONS), here as
+# in the runs that a test compares with.
+jax.config.update('jax_disable_most_optimizations', True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -126,6 +138,8 @@ def test_missing_data_stops_at_once_with_what_to_do(tmp_path):
     ('--config.model.widht=8', 'did you mean --config.model.width?'),
     ('--config.num_seeds=x', "--config.num_seeds=x: invalid literal"),
     ('--config.batch_size=0', 'config.batch_size must be >= 1, got 0.'),
+    ('--config.opt.learning_rate=-1', 'config.opt.learning_rate must be a '
+     'finite number > 0, got -1.0.'),
     ('--config.sharing.components=kx', 'config.sharing.components'),
 ])
 def test_bad_input_is_one_line_and_exit_status_two(tmp_path, override,
@@ -204,3 +218,179 @@ def test_unknown_regime_is_refused_naming_the_choices():
                      r"'blog', 'blog32'\), got 'pytorch'"):
     configs.load_config(os.path.join(ROOT, 'configs', 'kv_share.py') +
                         ':regime=pytorch')
+
+
+def _env(**extra) -> dict:
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              JAX_DISABLE_MOST_OPTIMIZATIONS='1', **extra)
+
+
+def _errors(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith('error: ')]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('source, expected', [
+    ('def get_config(arg=None)\n  return 1\n',
+     "the file failed to load: SyntaxError: expected ':'"),
+    ('def get_config(arg=None):\n  raise RuntimeError("no such size")\n',
+     'the file failed to load: RuntimeError: no such size'),
+])
+def test_a_config_file_that_fails_is_one_line(tmp_path, source, expected):
+  path = tmp_path / 'broken.py'
+  path.write_text(source)
+  result = _main(tmp_path, f'--config={path}')
+  assert result.returncode == 2, result.stderr
+  [error] = _errors(result.stderr)
+  assert error.startswith(f'error: --config={path}: ') and expected in error
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_damaged_dataset_file_is_one_line_naming_it(tmp_path):
+  data_dir = tiny_tfds.write_tiny_imdb(str(tmp_path / 'tfds'))
+  [path] = glob.glob(os.path.join(data_dir, '**', '*train.tfrecord*'),
+                     recursive=True)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) - 50)
+  result = subprocess.run(
+      [sys.executable, '-m', 'jax_attnshare.main',
+       '--config=configs/kv_share.py:tiny', f'--workdir={tmp_path / "run"}',
+       f'--config.data.data_dir={data_dir}'],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  [error] = _errors(result.stderr)
+  assert error.startswith(f'error: {path} cannot be read (')
+  assert 'prepare it again' in error and 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+# Long enough that a signal sent once the step has compiled lands in
+# training; evaluations (and windows) end at steps 20 and 40.
+_STOPPED_RUN = ('--config=configs/kv_share.py:tiny',
+                '--config.num_train_steps=40', '--config.log_every_steps=20',
+                '--config.eval_every_steps=20', '--config.ckpt_every_steps=20')
+
+
+def _start(workdir, data_dir, log_path) -> subprocess.Popen:
+  with open(log_path, 'w') as log:
+    return subprocess.Popen(
+        [sys.executable, '-m', 'jax_attnshare.main', f'--workdir={workdir}',
+         *_STOPPED_RUN, f'--config.data.data_dir={data_dir}'],
+        cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _signal_once_compiled(process, log_path, signum) -> str:
+  """Sends `signum` once the log says the step compiled; returns the log."""
+  started = time.time()
+  while 'Compiled in' not in open(log_path).read():
+    assert process.poll() is None, open(log_path).read()[-3000:]
+    assert time.time() - started < 600, 'the step never compiled'
+    time.sleep(0.05)
+  process.send_signal(signum)
+  process.wait(timeout=600)
+  return open(log_path).read()
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_run_resumes_exactly(
+    tmp_path):
+  """Ctrl-C stops at once; SIGTERM (after a kill left the lock of another
+  host's run of this experiment) saves a checkpoint at the next step
+  boundary, inside a logging window; the resumed run equals one that was
+  never stopped, bit for bit."""
+  data_dir = tiny_tfds.write_tiny_imdb(str(tmp_path / 'tfds'))
+  workdir = tmp_path / 'run'
+  log = str(tmp_path / 'log')
+
+  process = _start(workdir, data_dir, log)
+  output = _signal_once_compiled(process, log, signal.SIGINT)
+  assert process.returncode == main_lib.INTERRUPTED_STATUS, output[-3000:]
+  assert _errors(output) == [
+      f'error: interrupted; rerun the same command to resume {workdir} from '
+      'its last checkpoint.'], output[-3000:]
+  assert 'Traceback' not in output
+  assert not (workdir / workdir_lib.LOCK_FILE).exists()
+
+  # What a run killed on another host leaves: its lock, silent since.
+  config_hash = json.loads((workdir / 'config.json').read_text())[
+      'config_hash']
+  (workdir / workdir_lib.LOCK_FILE).write_text(json.dumps({
+      'pid': 1, 'host': 'elsewhere', 'started': 'then', 'job': '',
+      'config_hash': config_hash}))
+  os.utime(workdir / workdir_lib.LOCK_FILE, (0, 0))
+  process = _start(workdir, data_dir, log)
+  output = _signal_once_compiled(process, log, signal.SIGTERM)
+  assert process.returncode == main_lib.PREEMPTED_STATUS, output[-3000:]
+  assert 'Taking over' in output and 'pid 1 on host elsewhere' in output
+  last = output.strip().splitlines()[-1]
+  step = int(re.fullmatch(
+      rf'stopped by SIGTERM at step (\d+) of 40, which is saved in '
+      rf'{workdir}/checkpoints; rerun the same command to resume from it\.',
+      last).group(1))
+  assert 'Traceback' not in output and not _errors(output)
+  assert os.path.exists(workdir / 'checkpoints' / str(step) /
+                        'sha256sums.json')
+  assert not (workdir / workdir_lib.LOCK_FILE).exists()
+
+  process = _start(workdir, data_dir, log)
+  assert process.wait(timeout=600) == 0, open(log).read()[-3000:]
+  assert f'from step {step}.' in open(log).read()
+  resumed = json.loads((workdir / 'summary.json').read_text())
+
+  config = configs.load_config(os.path.join(ROOT, _STOPPED_RUN[0].partition(
+      '=')[2]))
+  config.unlock()
+  config.update_from_flattened_dict({
+      arg.partition('=')[0].removeprefix('--config.'): int(
+          arg.partition('=')[2]) for arg in _STOPPED_RUN[1:]})
+  config.data.data_dir = data_dir
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  print(f'stopped at step {step}; resumed equals straight:',
+        resumed['history'] == straight['history'])
+  assert resumed['finished'] and [h['step'] for h in resumed['history']] == [
+      20, 40]
+  for key in ('history', 'per_seed'):
+    assert numbers(resumed[key]) == numbers(straight[key]), key
+
+
+_FULL_DISK_SCRIPT = """
+import errno, os, sys
+from jax_attnshare import main, workdir
+def full(workdir_, value):
+  raise OSError(errno.ENOSPC, 'No space left on device',
+                os.path.join(workdir_, 'summary.json.tmp'))
+workdir.write_summary = full
+sys.argv = ['main', *sys.argv[1:]]
+main.run()
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_run_stays_resumable(tmp_path):
+  """The disk fills up as the first summary is written (simulated: an
+  ENOSPC from that write); the rerun goes on from the checkpoint."""
+  data_dir = tiny_tfds.write_tiny_imdb(str(tmp_path / 'tfds'))
+  workdir = tmp_path / 'run'
+  args = [f'--workdir={workdir}', '--config=configs/kv_share.py:tiny',
+          f'--config.data.data_dir={data_dir}']
+  result = subprocess.run(
+      [sys.executable, '-c', _FULL_DISK_SCRIPT, *args], cwd=ROOT, env=_env(),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  [error] = _errors(result.stderr)
+  assert re.fullmatch(
+      rf'error: no space left on the device of {workdir}/summary.json.tmp '
+      r'\([\d.]+ \w+ free\): free at least [\d.]+ \w+ \(one checkpoint\) '
+      r'and rerun the same command to resume from the last checkpoint\.',
+      error), error
+  assert 'Traceback' not in result.stderr
+  assert not (workdir / workdir_lib.LOCK_FILE).exists()
+  assert not (workdir / 'summary.json.tmp').exists()
+  result = subprocess.run(
+      [sys.executable, '-m', 'jax_attnshare.main', *args], cwd=ROOT,
+      env=_env(), capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'from step 3.' in result.stderr
+  assert json.loads((workdir / 'summary.json').read_text())['finished']

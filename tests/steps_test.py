@@ -382,7 +382,7 @@ state = chunked.init(steps_lib.seed_keys([0, 1, 3]))
 state, metrics = chunked.train(state, chunked.put_batch(batches))
 assert metrics["loss"].shape == (4,)
 assert chunked.real(jax.device_get(metrics))["loss"].shape == (3,)
-real = chunked.real_state(state)
+real = chunked.real(jax.device_get(state))
 kernel = real.params["encoder"]["shared_key_g0"]["kernel"]
 assert kernel.shape[0] == 3
 single = steps_lib.init_state(jax.random.key(3), model, opt, 8)
@@ -400,7 +400,8 @@ rows = np.zeros((1, 3, 2), np.int32) + np.arange(2, dtype=np.int32)
 state, window = calls.train_steps(state, calls.zero_window(),
                                   calls.put_split(split), calls.put_rows(rows),
                                   1)
-kernel = calls.real_state(state).params["encoder"]["shared_key_g0"]["kernel"]
+kernel = calls.real(jax.device_get(state)).params["encoder"][
+    "shared_key_g0"]["kernel"]
 np.testing.assert_allclose(
     kernel[2], single.params["encoder"]["shared_key_g0"]["kernel"],
     rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator
 
+from jax_attnshare import checkpoint
 from jax_attnshare import configs
 from jax_attnshare import data
 from jax_attnshare import model as model_lib
@@ -182,7 +183,16 @@ config = configs.classifier_config("kv", "tiny")
 config.num_seeds = 3
 config.data.cache_dir = sys.argv[3]
 first = train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
-# Restores the real replicas' checkpoint into the padded layout.
+# Saved as the devices hold it: 4 replicas (1 padding), one per device, no
+# device holding them all.
+from etils import epath
+import orbax.checkpoint as ocp
+stored = ocp.StandardCheckpointHandler().metadata(
+    epath.Path(sys.argv[2]) / "checkpoints" / "6" / "state")
+for leaf in jax.tree.leaves(stored.tree):
+  assert leaf.shape[0] == 4, leaf
+  assert tuple(leaf.sharding.partition_spec)[:1] == ("seed",), leaf.sharding
+# Restores into the padded layout.
 again = train.train_and_evaluate(config, sys.argv[2], read_texts=read_fake_texts)
 assert again["history"] == first["history"]
 '''
@@ -263,14 +273,59 @@ def test_different_experiment_in_workdir_is_refused(tmp_path, fake_texts):
 @pytest.mark.parametrize('field,value,match', [
     ('stats_examples', 7, 'config.stats_batch_size'),
     ('num_seeds', 0, 'config.num_seeds'),
+    ('seed', -1, r'config.seed must be in \[0, 2\*\*32 - config.num_seeds\]'),
+    ('seed', 2**32 - 1, 'config.seed must be in'),
+    ('opt.learning_rate', -1.0, 'config.opt.learning_rate must be a finite '
+     'number > 0, got -1.0.'),
+    ('opt.learning_rate', 0.0, 'config.opt.learning_rate'),
+    ('opt.learning_rate', float('nan'), 'config.opt.learning_rate .* nan'),
+    ('opt.learning_rate', float('inf'), 'config.opt.learning_rate .* inf'),
+    ('opt.clip_norm', 0.0, 'config.opt.clip_norm must be a finite number > 0'),
+    ('opt.clip_norm', -1.0, 'config.opt.clip_norm'),
+    ('opt.b1', -0.1, r'config.opt.b1 must be in \[0, 1\), got -0.1.'),
+    ('opt.b1', 1.0, 'config.opt.b1'),
+    ('opt.b2', 1.0, 'config.opt.b2'),
+    ('opt.b2', float('nan'), 'config.opt.b2'),
+    ('opt.weight_decay', -0.01, 'config.opt.weight_decay must be a finite '
+     'number >= 0'),
+    ('model.num_classes', 0, 'config.model.num_classes must be >= 2 for the '
+     'classifier, got 0.'),
+    ('model.num_classes', 1, 'config.model.num_classes'),
+    ('model.ffn_multiplier', 0, 'config.model.ffn_multiplier must be an int '
+     '>= 1'),
+    ('model.width', 0, 'config.model.width must be >= 1, got 0.'),
+    ('model.layer_norm_eps', 0.0, 'config.model.layer_norm_eps'),
 ])
-def test_bad_loop_fields_raise_before_anything_runs(tmp_path, field, value,
-                                                    match):
+def test_bad_values_raise_one_line_before_anything_is_read_or_written(
+    tmp_path, field, value, match):
   config = _config()
-  config[field] = value
-  with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(config, str(tmp_path / 'x'),
-                            read_texts=pytest.fail)
+  *parents, name = field.split('.')
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[name] = value
+  workdir = tmp_path / 'x'
+  with pytest.raises(ValueError, match=match) as error:
+    train.train_and_evaluate(config, str(workdir), read_texts=pytest.fail)
+  assert '\n' not in str(error.value)
+  assert not workdir.exists()
+
+
+def test_zero_seeds_as_a_config_arg_is_refused_not_the_default():
+  config = configs.load_config(
+      os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',
+                   'kv_share.py:tiny,seeds=0'))
+  with pytest.raises(ValueError, match='config.num_seeds must be >= 1, got '
+                     '0.'):
+    train.check_config(config)
+
+
+def test_the_lm_has_no_classes_to_check():
+  """num_classes is the classifier's: the LM (and a sentence encoder,
+  built by posthoc.hf_bert) may leave it 0."""
+  config = configs.lm_config('tiny')
+  config.model.num_classes = 0
+  train.check_config(config)
 
 
 @pytest.mark.parametrize('field,value,match', [
@@ -319,6 +374,28 @@ def test_bad_model_field_raises_before_data(tmp_path):
                             read_texts=pytest.fail)
 
 
+def test_exploding_loss_is_flagged_once_and_training_goes_on(caplog):
+  exploded = {}
+  chance = np.log(2)
+  train.flag_exploding(np.array([0.7, 0.6, 0.7]), None, 10, exploded,
+                       [4, 5, 6], chance)
+  assert exploded == {}
+  # x101 of the window before; over 10 x ln 2; x2 and NaN (diverged) are
+  # not.
+  train.flag_exploding(np.array([0.6 * 101, 7.0, 1.4]),
+                       np.array([0.6, 0.6, 0.7]), 20, exploded, [4, 5, 6],
+                       chance)
+  train.flag_exploding(np.array([np.nan, 1e9, 1e9]),
+                       np.array([0.6, 0.6, 0.7]), 30, exploded, [4, 5, 6],
+                       chance)
+  assert exploded == {0: 20, 1: 20, 2: 30}
+  warnings = [r.getMessage() for r in caplog.records]
+  assert len(warnings) == 3
+  assert warnings[0].startswith('Replica 0 (seed 4): train loss 60.6 by step '
+                                '20, 101 times the window before\'s 0.6')
+  assert 'loss of a uniform prediction (0.693)' in warnings[1]
+
+
 def test_nonfinite_replica_is_flagged_and_others_go_on():
   diverged = {}
   train.flag_nonfinite(np.array([0.5, np.nan, np.inf]), 10, diverged,
@@ -334,7 +411,8 @@ def test_nonfinite_replica_is_flagged_and_others_go_on():
 def test_diverged_replica_is_missing_and_the_report_leaves_it_out(
     tmp_path, fake_texts, monkeypatch):
   """Replica 1's parameters turn NaN after step 2 (injected: no learning
-  rate tried at this size diverges some replicas and not others)."""
+  rate tried at this size diverges some replicas and not others), and
+  replica 0's grow a thousandfold, which blows its loss up."""
   real_init = steps_lib.SeedSteps.__init__
 
   def init_with_divergence(self, *args, **kwargs):
@@ -345,7 +423,8 @@ def test_diverged_replica_is_missing_and_the_report_leaves_it_out(
       state, window = real_train_steps(state, *args)
       if int(jax.device_get(state.step)[0]) == 2:
         state = state.replace(params=jax.tree.map(
-            lambda x: x.at[1].set(np.nan), state.params))
+            lambda x: x.at[1].set(np.nan).at[0].multiply(1000.0),
+            state.params))
       return state, window
     self.train_steps = train_steps
 
@@ -358,7 +437,9 @@ def test_diverged_replica_is_missing_and_the_report_leaves_it_out(
   assert summary['finished']
   seed0, seed1 = summary['per_seed']
   assert not seed0['diverged'] and seed0['test_accuracy'] is not None
+  assert seed0['loss_exploded_at_step'] == 3
   assert seed1['diverged'] and seed1['diverged_at_step'] == 3
+  assert seed1['loss_exploded_at_step'] is None
   assert seed1['test_accuracy'] is None and seed1['test_loss'] is None
   assert all(v is None for v in seed1['attention']['entropy'])
   last = summary['history'][-1]
@@ -395,7 +476,8 @@ def test_corrected_vocab_size_reruns_in_the_same_workdir(tmp_path,
   bad.data.vocab_size = 8
   with pytest.raises(train.ConfigError, match='config.data.vocab_size=8'):
     train.train_and_evaluate(bad, workdir, read_texts=fake_texts)
-  assert not os.path.exists(os.path.join(workdir, '.lock'))
+  # No config.json, which would make the folder a partial run in a report.
+  assert os.listdir(workdir) == []
   summary = train.train_and_evaluate(_config(), workdir,
                                      read_texts=fake_texts)
   assert summary['finished']
@@ -460,3 +542,61 @@ def test_versions_say_none_for_a_package_that_is_not_installed(monkeypatch):
   versions = train._versions()
   assert versions['clu'] is None
   assert versions['jax'] == jax.__version__
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """The summary of an uninterrupted tiny kv run."""
+  from conftest import read_fake_texts  # pylint: disable=g-import-not-at-top
+  return train.train_and_evaluate(
+      _config(), str(tmp_path_factory.mktemp('straight') / 'kv'),
+      read_texts=read_fake_texts)
+
+
+@pytest.mark.parametrize('when', ['after', 'before'])
+def test_a_kill_around_the_last_summary_leaves_no_finished_run(
+    tmp_path, fake_texts, monkeypatch, straight_run, when):
+  """Killed (simulated) right after the last step's summary is written, or
+  right before (the final checkpoint has committed): summary.json does not
+  say finished, and a rerun finishes the run as if never stopped."""
+  workdir = str(tmp_path / 'w')
+  write_summary = workdir_lib.write_summary
+
+  def killed(folder, value):
+    if value['completed_steps'] == 6 and when == 'after':
+      write_summary(folder, value)
+    if value['completed_steps'] == 6:
+      raise KeyboardInterrupt
+    write_summary(folder, value)
+
+  monkeypatch.setattr(workdir_lib, 'write_summary', killed)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  on_disk = _summary(workdir)
+  assert not on_disk['finished']
+  assert on_disk['completed_steps'] == (6 if when == 'after' else 3)
+  assert os.path.exists(os.path.join(workdir, 'checkpoints', '6',
+                                     'sha256sums.json'))
+  monkeypatch.setattr(workdir_lib, 'write_summary', write_summary)
+  resumed = train.train_and_evaluate(_config(), workdir,
+                                     read_texts=fake_texts)
+  assert resumed == _summary(workdir) and resumed['finished']
+  for key in ('history', 'per_seed'):
+    assert numbers(resumed[key]) == numbers(straight_run[key]), key
+
+
+def test_replicas_restored_at_different_steps_are_refused(
+    tmp_path, fake_texts, monkeypatch):
+  """The first step is read from every replica, not replica 0 alone."""
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+  restore = checkpoint.Checkpointer.restore
+
+  def skewed(self, *args, **kwargs):
+    state, meta = restore(self, *args, **kwargs)
+    return state.replace(step=state.step.at[1].add(1)), meta
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'restore', skewed)
+  with pytest.raises(train.ConfigError,
+                     match=r'holds replicas at different steps \[6, 7\]'):
+    train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
