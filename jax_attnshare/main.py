@@ -34,6 +34,14 @@ import logging as pylogging
 import os
 import sys
 
+from jax_attnshare import versions
+
+# Before the imports below: a library older than the code needs may fail at
+# import or, worse, later on every host of a cluster.
+if __name__ == '__main__' and (_TOO_OLD := versions.problem()):
+  print(f'error: {_TOO_OLD}', file=sys.stderr)
+  sys.exit(2)
+
 # TensorFlow only reads data and writes events here; it does no math, so its
 # oneDNN kernels are not needed, and without them and its C++ INFO lines it
 # prints nothing at import.
@@ -85,6 +93,10 @@ _HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100,
     'Several processes: when one has been silent this long, the others stop '
     'the job.')
+_INITIALIZATION_TIMEOUT_S = flags.DEFINE_integer(
+    'initialization_timeout_s', 300,
+    'Several processes: how long each waits for all of them to start and '
+    'reach the coordinator before it stops with an error.')
 flags.mark_flags_as_required(['config'])
 
 # Our package and CLU's logging writer (the metrics) log at INFO.
@@ -178,13 +190,16 @@ def main(argv):
   problem = distributed.check_flags(*cluster)
   if problem:
     _fail(problem)
-  if _HEARTBEAT_TIMEOUT_S.value < 1:
-    _fail(f'--heartbeat_timeout_s must be >= 1, got '
-          f'{_HEARTBEAT_TIMEOUT_S.value}.')
+  for timeout in (_HEARTBEAT_TIMEOUT_S, _INITIALIZATION_TIMEOUT_S):
+    if timeout.value < 1:
+      _fail(f'--{timeout.name} must be >= 1, got {timeout.value}.')
   try:  # Before anything asks JAX for its devices.
-    distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value)
-  except (RuntimeError, ValueError) as e:  # No cluster found, or no reply.
-    _fail(f'joining the other processes failed: {_one_line(e)}')
+    distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value,
+                           _INITIALIZATION_TIMEOUT_S.value)
+  # Any type: no cluster found, no reply, an argument JAX does not take.
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    _fail(f'joining the other processes failed: {type(e).__name__}: '
+          f'{_one_line(e)}')
   with distributed.ends_job_on_error():
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:
