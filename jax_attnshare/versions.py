@@ -26,9 +26,9 @@ MINIMUMS = {
     'flax': '0.10.0',
     # adam/adamw, multi_transform, set_to_zero, join_schedules, huber_loss.
     'optax': '0.2.3',
-    # Restores typed PRNG keys (jax.random.key) from 0.11.27 on; 0.11.16
-    # and older fail at import with jax >= 0.7.0.
-    'orbax-checkpoint': '0.11.27',
+    # The first that restores the state's sharded typed PRNG keys
+    # (jax.random.key); 0.11.16 and older fail at import with jax >= 0.7.0.
+    'orbax-checkpoint': '0.11.30',
 }
 
 

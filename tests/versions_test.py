@@ -62,11 +62,11 @@ def test_jax_too_old_names_installed_needed_and_the_fix(monkeypatch):
 
 
 def test_a_missing_or_old_library_is_named_alone(monkeypatch):
-  _fake_versions(monkeypatch, flax=None, orbax_checkpoint='0.11.26')
+  _fake_versions(monkeypatch, flax=None, orbax_checkpoint='0.11.28')
   assert versions.problem() == (
-      'flax is not installed; orbax-checkpoint 0.11.26 is installed, but '
-      'jax_attnshare needs flax>=0.10.0, orbax-checkpoint>=0.11.27: pip '
-      "install -U 'flax>=0.10.0' 'orbax-checkpoint>=0.11.27'.")
+      'flax is not installed; orbax-checkpoint 0.11.28 is installed, but '
+      'jax_attnshare needs flax>=0.10.0, orbax-checkpoint>=0.11.30: pip '
+      "install -U 'flax>=0.10.0' 'orbax-checkpoint>=0.11.30'.")
 
 
 def test_old_python_is_named_before_the_libraries(monkeypatch):
