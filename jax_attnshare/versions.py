@@ -15,14 +15,15 @@ import importlib.metadata
 import re
 import sys
 
-# jax 0.7.0 is the first with everything the code calls: jax.shard_map and
-# jax.make_mesh(axis_types=...) (0.6), and heartbeat_timeout_seconds in
-# jax.distributed.initialize (0.7.0); it needs Python >= 3.11.
+# The code calls jax.shard_map and jax.make_mesh(axis_types=...) (jax 0.6)
+# and jax.distributed.initialize(heartbeat_timeout_seconds=...) (0.7.0, which
+# needs Python >= 3.11); orbax 0.11.30 (below) saves a state sharded over
+# several devices under jax.sharding.set_mesh as a context manager (0.7.1).
 PYTHON = (3, 11)
 MINIMUMS = {
-    'jax': '0.7.0',
-    'jaxlib': '0.7.0',
-    # flax.linen and flax.training.train_state; tested with jax 0.7.0.
+    'jax': '0.7.1',
+    'jaxlib': '0.7.1',
+    # flax.linen and flax.training.train_state; tested with jax 0.7.1.
     'flax': '0.10.0',
     # adam/adamw, multi_transform, set_to_zero, join_schedules, huber_loss.
     'optax': '0.2.3',

@@ -145,5 +145,5 @@ def test_the_runtime_check_sizes_the_run_to_the_devices(
 def test_the_runtime_check_stops_where_jax_misses_the_accelerator(
     monkeypatch, hardware, extra):
   with pytest.raises(RuntimeError, match=re.escape(
-      f"JAX sees only the CPU: run !pip install -U '{extra}>=0.7.0'")):
+      f"JAX sees only the CPU: run !pip install -U '{extra}>=0.7.1'")):
     _runtime_check(monkeypatch, 'cpu', hardware=hardware)

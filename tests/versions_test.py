@@ -56,9 +56,9 @@ def test_jax_too_old_names_installed_needed_and_the_fix(monkeypatch):
   message = versions.problem()
   assert message == (
       'jax 0.6.2 is installed; jaxlib 0.6.2 is installed, but jax_attnshare '
-      "needs jax>=0.7.0, jaxlib>=0.7.0: pip install -U 'jax>=0.7.0' "
-      "'jaxlib>=0.7.0' (with jax's extra for the accelerator, e.g. "
-      "'jax[tpu]>=0.7.0' or 'jax[cuda12]>=0.7.0').")
+      "needs jax>=0.7.1, jaxlib>=0.7.1: pip install -U 'jax>=0.7.1' "
+      "'jaxlib>=0.7.1' (with jax's extra for the accelerator, e.g. "
+      "'jax[tpu]>=0.7.1' or 'jax[cuda12]>=0.7.1').")
 
 
 def test_a_missing_or_old_library_is_named_alone(monkeypatch):
@@ -100,8 +100,8 @@ def test_main_stops_at_an_old_jax_with_one_line_before_importing_it(
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 2
   assert result.stderr.splitlines() == [
-      'error: jax 0.6.2 is installed, but jax_attnshare needs jax>=0.7.0: '
-      "pip install -U 'jax>=0.7.0' (with jax's extra for the accelerator, "
-      "e.g. 'jax[tpu]>=0.7.0' or 'jax[cuda12]>=0.7.0')."]
+      'error: jax 0.6.2 is installed, but jax_attnshare needs jax>=0.7.1: '
+      "pip install -U 'jax>=0.7.1' (with jax's extra for the accelerator, "
+      "e.g. 'jax[tpu]>=0.7.1' or 'jax[cuda12]>=0.7.1')."]
   assert result.stdout == 'jax imported: False\n'
   assert not workdir.exists()
