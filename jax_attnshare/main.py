@@ -23,8 +23,8 @@ same command with --coordinator_address=HOST:PORT (of process 0),
 --num_processes=N and its own --process_id=I, or with --distributed alone
 where JAX finds the cluster itself (Cloud TPU VM and pod slice, SLURM, Open
 MPI). The seeds are sharded over every process's devices; process 0 writes
-the workdir, which every host must mount at the same path (see README,
-"Scaling out").
+the workdir, which every host must mount at the same path; processes that
+do not all join within --initialization_timeout_s stop (docs/scaling.md).
 Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
