@@ -15,10 +15,11 @@ import importlib.metadata
 import re
 import sys
 
-# The code calls jax.shard_map and jax.make_mesh(axis_types=...) (jax 0.6)
-# and jax.distributed.initialize(heartbeat_timeout_seconds=...) (0.7.0, which
-# needs Python >= 3.11); orbax 0.11.30 (below) saves a state sharded over
-# several devices under jax.sharding.set_mesh as a context manager (0.7.1).
+# The code calls jax.shard_map and jax.make_mesh(axis_types=...) (in jax
+# 0.6.2) and jax.distributed.initialize(heartbeat_timeout_seconds=...) (0.7.0,
+# which needs Python >= 3.11); orbax 0.11.30 (below) saves a state sharded
+# over several devices under jax.sharding.set_mesh as a context manager
+# (0.7.1).
 PYTHON = (3, 11)
 MINIMUMS = {
     'jax': '0.7.1',
