@@ -9,8 +9,11 @@ alone writes the workdir's files, TensorBoard events and figures; orbax
 writes and restores checkpoints with all processes together. So the workdir
 must be a folder that every host mounts at the same path.
 
-A process that dies takes the job down: the others stop when its heartbeats
-stop (after heartbeat_timeout_s) with JAX's message that another task died.
+Processes that do not all join within initialization_timeout_s (a peer
+that never started, a coordinator that cannot be reached) stop with one line
+(`initialize`). A process that dies later takes the job down: the others
+stop when its heartbeats stop (after heartbeat_timeout_s) with JAX's message
+that another task died.
 A process that raises exits at once (`ends_job_on_error`) so that it does
 the same, instead of waiting in JAX's shutdown barrier for processes that
 wait on it in a collective. Rerunning the command resumes from the last
@@ -25,7 +28,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from typing import (Any, Callable, ContextManager, Iterator, Sequence,
                     TypeVar)
@@ -66,25 +68,67 @@ def check_flags(coordinator_address: str | None, num_processes: int | None,
   return None
 
 
+# How much longer JAX itself waits than initialization_timeout_s, so that
+# the watchdog in `initialize`, not JAX, ends a start that fails.
+_JAX_INITIALIZATION_GRACE_S = 30
+
+
 def initialize(coordinator_address: str | None, num_processes: int | None,
                process_id: int | None, detect: bool,
-               heartbeat_timeout_s: int) -> bool:
+               heartbeat_timeout_s: int,
+               initialization_timeout_s: int) -> bool:
   """Joins the other processes; False (nothing done) for a one-process run.
 
   `detect`: let JAX find the cluster (Cloud TPU VM, SLURM, Open MPI) and fill
-  in whichever of the other arguments are None.
+  in whichever of the other arguments are None. Without it JAX detects
+  nothing: on SLURM it would otherwise give each process only the GPU of
+  its SLURM_LOCALID, which does not exist where SLURM binds one GPU per task.
+
+  If not all processes have joined after initialization_timeout_s, this
+  process stops with one line and exit status 2: JAX's own timeout aborts
+  it (SIGABRT) with a C++ stack instead.
   """
   if not detect and coordinator_address is None:
     return False
   # CPU processes exchange arrays over gloo: jax 0.10's default, set so that
   # a CPU run does not depend on the installed version's default.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             heartbeat_timeout_seconds=heartbeat_timeout_s)
+  watchdog = threading.Timer(
+      initialization_timeout_s, _not_joined,
+      (coordinator_address, num_processes, process_id,
+       initialization_timeout_s))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        cluster_detection_method=None if detect else 'deactivate',
+        initialization_timeout=(initialization_timeout_s +
+                                _JAX_INITIALIZATION_GRACE_S),
+        heartbeat_timeout_seconds=heartbeat_timeout_s)
+  finally:
+    watchdog.cancel()
   logging.info('Process %d of %d: %d local devices of %d.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   return True
+
+
+def _not_joined(coordinator_address: str | None, num_processes: int | None,
+                process_id: int | None, timeout_s: int) -> None:
+  """Ends this process: the others did not all join within timeout_s."""
+  if None in (coordinator_address, num_processes, process_id):
+    where = 'the cluster JAX detected'
+  else:
+    where = (f'process {process_id} of {num_processes}, coordinator '
+             f'{coordinator_address}')
+  print(f'error: joining the other processes failed: not all of them '
+        f'joined within --initialization_timeout_s={timeout_s} ({where}). '
+        'Start the same command on every host, each with its own '
+        '--process_id; check that every host reaches the coordinator, or '
+        'raise --initialization_timeout_s if hosts start slowly.',
+        file=sys.stderr)
+  _exit_now(2)
 
 
 def is_primary() -> bool:
@@ -137,22 +181,6 @@ def all_processes(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def wait_for_file(path: str, what: str, timeout_s: float = 120.0) -> None:
-  """Waits until `path`, which process 0 wrote, is visible here.
-
-  A shared file system may show a new file to the other hosts a little
-  later. Raises ValueError if it does not appear within timeout_s.
-  """
-  deadline = time.monotonic() + timeout_s
-  while not os.path.exists(path):
-    if time.monotonic() > deadline:
-      raise ValueError(
-          f'{what} {path}, which process 0 wrote, did not appear on process '
-          f'{jax.process_index()} within {timeout_s:.0f} s: the workdir must '
-          'be one folder that every host mounts at the same path.')
-    time.sleep(0.1)
 
 
 def primary_first(what: str, fn: Callable[[], T]) -> T:
@@ -266,7 +294,12 @@ def ends_job_on_error() -> Iterator[None]:
           'its log says why. The others stop when this one\'s heartbeats do. '
           'Rerun the same command on every host to resume from the last '
           'checkpoint.', file=sys.stderr)
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)  # pylint: disable=protected-access
+    _exit_now(status)
+
+
+def _exit_now(status: int) -> None:
+  """Exits at once, with the logs flushed, skipping JAX's shutdown barrier."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access

@@ -34,8 +34,8 @@ same command with --coordinator_address=HOST:PORT (of process 0),
 --num_processes=N and its own --process_id=I, or with --distributed alone
 where JAX finds the cluster itself (Cloud TPU VM and pod slice, SLURM, Open
 MPI). The seeds are sharded over every process's devices; process 0 writes
-the workdir, which every host must mount at the same path (see README,
-"Scaling out").
+the workdir, which every host must mount at the same path; processes that
+do not all join within --initialization_timeout_s stop (docs/scaling.md).
 Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
@@ -43,6 +43,14 @@ with one line on stderr and exit status 2, before anything is compiled.
 import logging as pylogging
 import os
 import sys
+
+from jax_attnshare import versions
+
+# Before the imports below: a library older than the code needs may fail at
+# import or, worse, later on every host of a cluster.
+if __name__ == '__main__' and (_TOO_OLD := versions.problem()):
+  print(f'error: {_TOO_OLD}', file=sys.stderr)
+  sys.exit(2)
 
 # TensorFlow, where installed, only reads data and writes events here; it
 # does no math, so its oneDNN kernels are not needed, and without them and
@@ -91,6 +99,10 @@ _HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100,
     'Several processes: when one has been silent this long, the others stop '
     'the job.')
+_INITIALIZATION_TIMEOUT_S = flags.DEFINE_integer(
+    'initialization_timeout_s', 300,
+    'Several processes: how long each waits for all of them to start and '
+    'reach the coordinator before it stops with an error.')
 
 
 def default_workdir(config_name: str) -> str:
@@ -140,13 +152,16 @@ def main(argv):
   problem = distributed.check_flags(*cluster)
   if problem:
     cli.fail(problem)
-  if _HEARTBEAT_TIMEOUT_S.value < 1:
-    cli.fail(f'--heartbeat_timeout_s must be >= 1, got '
-             f'{_HEARTBEAT_TIMEOUT_S.value}.')
+  for timeout in (_HEARTBEAT_TIMEOUT_S, _INITIALIZATION_TIMEOUT_S):
+    if timeout.value < 1:
+      cli.fail(f'--{timeout.name} must be >= 1, got {timeout.value}.')
   try:  # Before anything asks JAX for its devices.
-    distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value)
-  except (RuntimeError, ValueError) as e:  # No cluster found, or no reply.
-    cli.fail(f'joining the other processes failed: {cli.one_line(e)}')
+    distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value,
+                           _INITIALIZATION_TIMEOUT_S.value)
+  # Any type: no cluster found, no reply, an argument JAX does not take.
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    cli.fail(f'joining the other processes failed: {type(e).__name__}: '
+             f'{cli.one_line(e)}')
   with distributed.ends_job_on_error():
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:

@@ -16,6 +16,7 @@ import errno
 import itertools
 import math
 import os
+import re
 import shutil
 import time
 from typing import Any, Callable, Mapping
@@ -98,6 +99,13 @@ def check_config(config: Any) -> model_lib.ModelConfig:
 
 def _check_workdir_path(workdir: str) -> None:
   """Raises if workdir cannot be a writable folder, before any work."""
+  if re.match(r'[A-Za-z][A-Za-z0-9+.-]*://', workdir):
+    # os would take it for a relative path and create ./gs:/bucket/run.
+    raise ValueError(
+        f'--workdir={workdir} is a URL; the workdir must be a path on a file '
+        'system (its lock and atomic renames need one): mount the bucket or '
+        'share and pass the mounted path, e.g. --workdir=/mnt/runs/kv '
+        '(docs/scaling.md, "Cloud storage", says which mounts are safe).')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir} is a file, not a folder.')
   existing = workdir

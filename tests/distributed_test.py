@@ -11,7 +11,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import jax
@@ -199,15 +198,74 @@ def test_process_flags_together_or_detected_pass():
   assert distributed.check_flags(None, None, None, False) is None
 
 
-def test_a_file_process_0_writes_is_waited_for_then_refused(tmp_path):
-  path = str(tmp_path / 'later')
-  late = threading.Timer(0.3, lambda: open(path, 'w').close())
-  late.start()
-  distributed.wait_for_file(path, 'the file', timeout_s=60)
-  late.join()
-  with pytest.raises(ValueError, match=r'the tokenizer .*never, which '
-                     'process 0 wrote, did not appear on process 0 within 0 '
-                     's: the workdir must be one folder that every host '
-                     'mounts at the same path'):
-    distributed.wait_for_file(str(tmp_path / 'never'), 'the tokenizer',
-                              timeout_s=0.2)
+@pytest.mark.slow
+def test_processes_that_do_not_all_join_stop_with_one_line(tmp_path):
+  """A peer that never starts: process 0 waits for process 1 in vain, and
+  process 1 (started alone elsewhere) for a coordinator that is not there.
+  JAX's own timeout would end both with SIGABRT and a C++ stack."""
+  ports = [_free_port(), _free_port()]
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'jax_attnshare.main', f'--config={_CONFIG}',
+       f'--workdir={tmp_path / "run"}',
+       f'--coordinator_address=localhost:{port}', '--num_processes=2',
+       f'--process_id={i}', '--initialization_timeout_s=2'],
+      env=_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i, port in enumerate(ports)]
+  for i, (process, port) in enumerate(zip(processes, ports)):
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 2, stderr[-3000:]
+    assert stderr.splitlines() == [
+        'error: joining the other processes failed: not all of them joined '
+        f'within --initialization_timeout_s=2 (process {i} of 2, coordinator '
+        f'localhost:{port}). Start the same command on every host, each with '
+        'its own --process_id; check that every host reaches the '
+        'coordinator, or raise --initialization_timeout_s if hosts start '
+        'slowly.']
+  assert not (tmp_path / 'run').exists()
+
+
+# jax 0.6.2's initialize has no heartbeat_timeout_seconds.
+_INITIALIZE_RAISES = '''
+import runpy, sys, jax
+def initialize(*args, **kwargs):
+  raise TypeError("initialize() got an unexpected keyword argument "
+                  "'heartbeat_timeout_seconds'")
+jax.distributed.initialize = initialize
+sys.argv = ["main", *sys.argv[1:]]
+runpy.run_module("jax_attnshare.main", run_name="__main__")
+'''
+
+
+@pytest.mark.slow
+def test_joining_fails_in_one_line_whatever_jax_raises(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-c', _INITIALIZE_RAISES, f'--config={_CONFIG}',
+       f'--workdir={tmp_path / "run"}', '--distributed'],
+      env=_env(2), cwd=ROOT, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.splitlines() == [
+      'error: joining the other processes failed: TypeError: initialize() '
+      "got an unexpected keyword argument 'heartbeat_timeout_seconds'"]
+
+
+_SLURM_TASK = '''
+import sys, jax
+from jax_attnshare import distributed
+distributed.initialize(f"localhost:{sys.argv[1]}", 1, 0, False, 10, 60)
+print(jax.config.read("jax_cuda_visible_devices"), jax.local_device_count())
+'''
+
+
+@pytest.mark.slow
+def test_explicit_process_flags_leave_the_devices_to_the_launcher():
+  """Under SLURM, JAX's cluster detection would make each process use only
+  the GPU of its SLURM_LOCALID (here 3), which does not exist where SLURM
+  binds one GPU per task; with the three flags given, it detects nothing."""
+  env = _env(2, SLURM_JOB_ID='7', SLURM_STEP_NODELIST='localhost',
+             SLURM_NTASKS='1', SLURM_PROCID='0', SLURM_LOCALID='3')
+  result = subprocess.run(
+      [sys.executable, '-c', _SLURM_TASK, str(_free_port())], env=env,
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ['all', '2']

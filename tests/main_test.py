@@ -394,3 +394,24 @@ def test_a_full_disk_is_one_line_and_the_run_stays_resumable(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'from step 3.' in result.stderr
   assert json.loads((workdir / 'summary.json').read_text())['finished']
+
+
+@pytest.mark.parametrize('url', ['gs://bucket/run', 's3://bucket/run',
+                                 'file:///tmp/run'])
+def test_a_url_workdir_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, url):
+  """os would take gs://bucket/run for the relative path gs:/bucket/run."""
+  monkeypatch.chdir(tmp_path)
+
+  def read_texts(*args):
+    raise AssertionError(f'data read for {args}')
+  with pytest.raises(train.ConfigError) as error:
+    train.train_and_evaluate(
+        configs.load_config(os.path.join(ROOT, 'configs', 'kv_share.py:tiny')),
+        url, read_texts=read_texts)
+  assert str(error.value) == (
+      f'--workdir={url} is a URL; the workdir must be a path on a file system '
+      '(its lock and atomic renames need one): mount the bucket or share and '
+      'pass the mounted path, e.g. --workdir=/mnt/runs/kv (docs/scaling.md, '
+      '"Cloud storage", says which mounts are safe).')
+  assert not os.listdir(tmp_path)
