@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 from typing import Any, Iterator, Mapping
 import zipfile
@@ -120,17 +121,52 @@ def _is_running(pid: int) -> bool:
   return True
 
 
+def _read_holder(path: str) -> dict | None:
+  """The lock file's {'pid', 'host', 'started'}; None if there is none.
+
+  Raises json.JSONDecodeError for a lock being written, or whose writer died
+  at once.
+  """
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:  # Released meanwhile.
+    return None
+
+
+def live_holder(workdir: str) -> str | None:
+  """Who holds `workdir`'s lock, if that holder may be alive; else None.
+
+  'pid P on host H since T' for a live holder on this host; one on another
+  host cannot be checked from here and counts as alive (said in the text),
+  as does a lock file that cannot be read yet. None: no lock, or one whose
+  holder died. Reads only: a reader (post-hoc) uses it to keep off a workdir
+  that a run is writing.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    holder = _read_holder(path)
+  except json.JSONDecodeError:
+    return f'the run named in {path}, which cannot be read yet'
+  if holder is None:
+    return None
+  who = (f'pid {holder["pid"]} on host {holder["host"]} since '
+         f'{holder["started"]}')
+  if holder['host'] != socket.gethostname():
+    return f'{who} (another host, which cannot be checked from here)'
+  return who if _is_running(holder['pid']) else None
+
+
 def _check_holder(workdir: str, path: str) -> None:
   """Removes the lock at `path` if its holder is dead, else raises."""
   try:
-    with open(path) as f:
-      holder = json.load(f)
-  except FileNotFoundError:  # Released meanwhile.
-    return
-  except json.JSONDecodeError:  # Being written, or its writer died at once.
+    holder = _read_holder(path)
+  except json.JSONDecodeError:
     raise WorkdirInUseError(
         f'{workdir} is locked by {path}, which cannot be read; if no run '
         'uses this workdir, delete that file.') from None
+  if holder is None:
+    return
   pid, host = holder['pid'], holder['host']
   if host != socket.gethostname():
     raise WorkdirInUseError(
@@ -324,3 +360,34 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
       'sparsity_thresholds': dict(sparsity_thresholds), 'params': params,
       'cost': cost,
       'per_seed': per_seed, 'history': history}
+
+
+def _aside(folder: str) -> str:
+  return folder.rstrip(os.sep) + '.old'
+
+
+def recover_swap(final: str) -> None:
+  """Undoes a swap_in that stopped between its renames (see there)."""
+  old = _aside(final)
+  if os.path.isdir(old):
+    if os.path.exists(final):
+      shutil.rmtree(old)
+    else:
+      os.rename(old, final)
+
+
+def swap_in(built: str, final: str) -> None:
+  """Makes the folder `built` the folder `final`, replacing it as a set.
+
+  A reader finds the old set or the new one, never a mix of the two: `final`
+  is renamed aside, `built` renamed to `final`, then the old set deleted. A
+  crash between the renames leaves the old set whole beside `final`, where
+  recover_swap puts it back.
+  """
+  recover_swap(final)
+  old = _aside(final)
+  if os.path.exists(final):
+    os.rename(final, old)
+  os.rename(built, final)
+  if os.path.exists(old):
+    shutil.rmtree(old)
