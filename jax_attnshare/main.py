@@ -29,10 +29,9 @@ Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
 
-import difflib
+import functools
 import logging as pylogging
 import os
-import sys
 
 # TensorFlow only reads data and writes events here; it does no math, so its
 # oneDNN kernels are not needed, and without them and its C++ INFO lines it
@@ -48,7 +47,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from jax_attnshare import configs
+from jax_attnshare import cli
 from jax_attnshare import data
 from jax_attnshare import distributed
 from jax_attnshare import train
@@ -99,62 +98,6 @@ def default_workdir(config_name: str) -> str:
   return os.path.join('runs', stem + suffix)
 
 
-def _fail(message: str):
-  """Bad input: one line on stderr, exit status 2 (as for a usage error)."""
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _unknown_field_message(argv: list[str]) -> str | None:
-  """Names the first --config.FIELD override that is not a field."""
-  config_arg = next((a for a in argv if a.startswith('--config=')), None)
-  if config_arg is None:
-    return None
-  node = configs.load_config(config_arg.removeprefix('--config='))
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      continue
-    path = arg.removeprefix('--config.').partition('=')[0]
-    node_here, parents = node, []
-    for name in path.split('.'):
-      fields = list(node_here.keys()) if hasattr(node_here, 'keys') else []
-      if name not in fields:
-        close = difflib.get_close_matches(name, fields, n=1)
-        where = f'config.{".".join(parents)}' if parents else 'config'
-        hint = (f'did you mean --config.{".".join(parents + close)}?'
-                if close else f'{where} has {", ".join(sorted(fields))}.')
-        return f'--config.{path}: no such config field; {hint}'
-      node_here, parents = node_here[name], parents + [name]
-  return None
-
-
-def _one_line(error: Exception) -> str:
-  """An error whose text may hold a traceback, as its first and last line."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  if len(lines) == 1:
-    return lines[0]
-  # The last line of a traceback is 'SomeError: what went wrong'.
-  return f'{lines[0]} {lines[-1].partition(": ")[2] or lines[-1]}'
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse, with every bad flag reported as one line, exit status 2."""
-  try:
-    rest = flags.FLAGS(argv)
-    path = config_flags.get_config_filename(flags.FLAGS['config'])
-    if not os.path.isfile(path.partition(':')[0]):
-      _fail(f'--config={path}: no such file (the configs are in configs/).')
-    # ml_collections applies the overrides lazily.
-    _CONFIG.value.keys()
-    return rest
-  except flags.Error as e:
-    _fail(_one_line(e).removeprefix('flag '))
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises these for an override of a field that does not
-    # exist, with a multi-line hint.
-    _fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
-
-
 class _LibraryInfoFilter(pylogging.Filter):
   """Passes warnings and errors, and INFO lines only from _INFO_SOURCES."""
 
@@ -165,7 +108,7 @@ class _LibraryInfoFilter(pylogging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments: {argv[1:]}; fields are set with '
+    cli.fail(f'unexpected arguments: {argv[1:]}; fields are set with '
           '--config.FIELD=VALUE.')
   if not _LIBRARY_LOGS.value:
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
@@ -177,14 +120,14 @@ def main(argv):
              _PROCESS_ID.value, _DISTRIBUTED.value)
   problem = distributed.check_flags(*cluster)
   if problem:
-    _fail(problem)
+    cli.fail(problem)
   if _HEARTBEAT_TIMEOUT_S.value < 1:
-    _fail(f'--heartbeat_timeout_s must be >= 1, got '
+    cli.fail(f'--heartbeat_timeout_s must be >= 1, got '
           f'{_HEARTBEAT_TIMEOUT_S.value}.')
   try:  # Before anything asks JAX for its devices.
     distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value)
   except (RuntimeError, ValueError) as e:  # No cluster found, or no reply.
-    _fail(f'joining the other processes failed: {_one_line(e)}')
+    cli.fail(f'joining the other processes failed: {cli.one_line(e)}')
   with distributed.ends_job_on_error():
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:
@@ -193,9 +136,10 @@ def main(argv):
     except (train.ConfigError, data.DataMissingError,
             distributed.PrimaryFailedError) as e:
       # Not a bug: say what to do, without a traceback.
-      _fail(str(e))
+      cli.fail(str(e))
 
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags,
+                                             config=_CONFIG))
