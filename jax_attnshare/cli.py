@@ -9,13 +9,19 @@ of a usage error, never as a traceback.
 from __future__ import annotations
 
 import difflib
+import logging as pylogging
 import os
 import sys
 
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from jax_attnshare import configs
+
+# Our package and CLU's logging writer (the metrics) log at INFO.
+_INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
+                 os.path.join('clu', 'metric_writers'))
 
 
 def fail(message: str):
@@ -77,3 +83,16 @@ def parse_flags(argv: list[str], config: flags.FlagHolder) -> list[str]:
     # ml_collections raises these for an override of a field that does not
     # exist, with a multi-line hint.
     fail(unknown_field_message(argv) or ' '.join(str(e).split()))
+
+
+class _LibraryInfoFilter(pylogging.Filter):
+  """Passes warnings and errors, and INFO lines only from _INFO_SOURCES."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or any(
+        source in record.pathname for source in _INFO_SOURCES)
+
+
+def quiet_libraries() -> None:
+  """Shows the libraries' (orbax, tfds, jax) warnings and errors only."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())

@@ -30,7 +30,6 @@ with one line on stderr and exit status 2, before anything is compiled.
 """
 
 import functools
-import logging as pylogging
 import os
 
 # TensorFlow only reads data and writes events here; it does no math, so its
@@ -86,10 +85,6 @@ _HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
     'the job.')
 flags.mark_flags_as_required(['config'])
 
-# Our package and CLU's logging writer (the metrics) log at INFO.
-_INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
-                 os.path.join('clu', 'metric_writers'))
-
 
 def default_workdir(config_name: str) -> str:
   stem, _, arg = os.path.basename(config_name).partition(':')
@@ -98,20 +93,12 @@ def default_workdir(config_name: str) -> str:
   return os.path.join('runs', stem + suffix)
 
 
-class _LibraryInfoFilter(pylogging.Filter):
-  """Passes warnings and errors, and INFO lines only from _INFO_SOURCES."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or any(
-        source in record.pathname for source in _INFO_SOURCES)
-
-
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {argv[1:]}; fields are set with '
-          '--config.FIELD=VALUE.')
+             '--config.FIELD=VALUE.')
   if not _LIBRARY_LOGS.value:
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+    cli.quiet_libraries()
   # tfds and clu import TensorFlow; keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   config_name = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -123,7 +110,7 @@ def main(argv):
     cli.fail(problem)
   if _HEARTBEAT_TIMEOUT_S.value < 1:
     cli.fail(f'--heartbeat_timeout_s must be >= 1, got '
-          f'{_HEARTBEAT_TIMEOUT_S.value}.')
+             f'{_HEARTBEAT_TIMEOUT_S.value}.')
   try:  # Before anything asks JAX for its devices.
     distributed.initialize(*cluster, _HEARTBEAT_TIMEOUT_S.value)
   except (RuntimeError, ValueError) as e:  # No cluster found, or no reply.
