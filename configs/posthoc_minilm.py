@@ -10,9 +10,10 @@ variant's test embeddings), tested paired against the unshared model;
 kept as a percentage of the unshared model's; also the embedding cosine to
 it.
 
-2-core CPU size (1,000 train / 2,500 test reviews, 64 tokens; DirectShare
+2-core CPU size (1,000 train / 2,500 test reviews, 32 tokens; DirectShare
 at 0.1, 0.2, 0.3; one SA span; 60 steps of batch 8 for PostShare, SA
-fine-tuning and LISA; ~10 minutes, see docs/studies/posthoc.md):
+fine-tuning and LISA; under 10 minutes of CPU time, see
+docs/studies/posthoc.md):
   TFDS_DATA_DIR=... python -m jax_attnshare.posthoc \
       --config=configs/posthoc_minilm.py:cpu --workdir=runs/posthoc_minilm
 Full size (all 25,000 + 25,000 reviews, 256 tokens, 300 steps): no `:cpu`.

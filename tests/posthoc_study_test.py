@@ -89,6 +89,7 @@ def _predictions_match(workdir, frame, config, folder=''):
                                frame['quality'])
 
 
+@pytest.mark.slow  # Every method end to end, fine-tuning included.
 def test_pretrained_study_writes_every_table(tmp_path, fake_texts):
   model_dir = tiny_bert.save(tmp_path, tiny_bert.random_bert(), vocab=VOCAB)
   config = configs.load_config('configs/posthoc_minilm.py:tiny')
@@ -217,6 +218,12 @@ def test_a_source_a_live_run_trains_is_refused(trained_run, tmp_path):
                'started': 'then'}, f)
   assert workdir_lib.live_holder(locked) is None
   assert [s.replica for s in sources.from_workdir(locked, '1')] == [1]
+  # One on another host cannot be checked from here: it counts as live.
+  with open(os.path.join(locked, workdir_lib.LOCK_FILE), 'w') as f:
+    json.dump({'pid': 1, 'host': 'elsewhere', 'started': 'then'}, f)
+  assert workdir_lib.live_holder(locked) == (
+      'pid 1 on host elsewhere since then (another host, which cannot be '
+      'checked from here)')
 
 
 def test_bad_sources_are_refused_naming_the_field(trained_run, tmp_path):
@@ -428,7 +435,8 @@ def test_one_architecture_times_alike_through_numpy_and_device_params(
   as_numpy, on_device = probe.latency_ms(
       [(forward, (numpy_params, tokens)),
        (forward, (jax.device_put(params), tokens))], repeats=15)
-  assert 0.5 < as_numpy / on_device < 2
+  # Generous for a loaded machine; the copy it guards against was 35x.
+  assert 1 / 3 < as_numpy / on_device < 3
 
 
 @pytest.mark.parametrize('field,value,message', [

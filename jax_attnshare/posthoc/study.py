@@ -54,10 +54,10 @@ config.allow_unfinished_source.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import shutil
+import time
 
 from absl import logging
 from clu import metric_writers
@@ -125,10 +125,11 @@ class Evaluator:
     return jax.tree.map(lambda *x: np.concatenate(x)[:len(tokens_NT)], *outs)
 
   def quality(self, cfg, params, forward, base: dict | None) -> dict:
-    """Per-unit outcomes ('_units'), what is saved of them ('_outcome') and
-    output_cosine, agreement or the probe's l2 by task.
+    """The test outcomes of one model, and its task's extra measures.
 
-    output_cosine and agreement compare with `base`'s outputs (None: with
+    Returns '_units' (paired.Units), '_outcome' (the per-example arrays
+    saved in predictions.npz) and, by task, output_cosine (and the probe's
+    l2) or agreement, which compare with `base`'s outputs (None: with
     these, so 1).
     """
     if cfg.causal:
@@ -213,9 +214,11 @@ class Evaluator:
     row['_call'] = len(self._calls)
     self._calls.append((forward, (params, self.test_tokens[
         :self.config.latency.batch_size])))
-    logging.info('%s %s: quality %.4f (%.1f%% kept), %.2f MB saved.', method,
-                 variant, row['quality'], row['kept_pct'],
-                 row['bytes_saved'] / 2**20)
+    # CPU seconds of the process: what a row costs on a shared machine.
+    logging.info('%s %s: quality %.4f (%.1f%% kept), %.2f MB saved; %.0f s '
+                 'of CPU time so far.', method, variant, row['quality'],
+                 row['kept_pct'], row['bytes_saved'] / 2**20,
+                 time.process_time())
     return row
 
   def finish(self, rows: list[dict]) -> None:
