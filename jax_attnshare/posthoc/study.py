@@ -340,8 +340,10 @@ def sweep(ev: Evaluator, analysis: dict) -> list[dict]:
   return rows
 
 
-def _pm(mean: float, sd: float, fmt: str) -> str:
-  return f'{fmt.format(mean)} ± {fmt.format(sd)}'
+def _pm(mean: float, sd: float, scale: float, fmt: str) -> str:
+  """'mean ± sd', both scaled; the sd without a sign."""
+  return (f'{fmt.format(scale * mean)} ± '
+          f'{fmt.replace("+", "").format(scale * sd)}')
 
 
 def _interval(row, name: str, fmt: str, scale: float = 1.) -> str:
@@ -402,10 +404,14 @@ def results_markdown(frame: pd.DataFrame) -> str:
                                   rows)) + '\n'
 
 
-# Columns summarized over replicas: mean ± sd (format).
-_SPREAD = {'quality': '{:.4f}', 'diff': '{:+.4f}', 'kept_pct': '{:.2f}',
-           'perplexity': '{:.2f}', 'linked_heads': '{:.1f}',
-           'bytes_saved_pct': '{:.2f}', 'latency_ms': '{:.1f}'}
+# Columns summarized over replicas: mean ± sd (header, scale, format).
+_SPREAD = {'quality': ('quality', 1, '{:.4f}'),
+           'diff': ('Δ pts', 100, '{:+.2f}'),
+           'kept_pct': ('kept %', 1, '{:.2f}'),
+           'perplexity': ('perplexity', 1, '{:.2f}'),
+           'linked_heads': ('linked heads', 1, '{:.1f}'),
+           'bytes_saved_pct': ('bytes saved %', 1, '{:.2f}'),
+           'latency_ms': ('latency ms', 1, '{:.1f}')}
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -428,9 +434,10 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
 def aggregate_markdown(agg: pd.DataFrame) -> str:
   columns = [c for c in _SPREAD if f'{c}_mean' in agg]
   header = (['method', 'variant', 'replicas']
-            + [f'{c} (mean ± sd)' for c in columns] + ['verdicts'])
+            + [f'{_SPREAD[c][0]} (mean ± sd)' for c in columns]
+            + ['verdicts'])
   rows = [[r['method'], r['variant'], str(r['replicas'])]
-          + [_pm(r[f'{c}_mean'], r[f'{c}_std'], _SPREAD[c])
+          + [_pm(r[f'{c}_mean'], r[f'{c}_std'], *_SPREAD[c][1:])
              if pd.notna(r[f'{c}_mean']) else '' for c in columns]
           + [r.get('verdicts') or ''] for _, r in agg.iterrows()]
   return '\n'.join(markdown.table(header, rows)) + '\n'
