@@ -1,19 +1,22 @@
 """Post-hoc sharing of a model trained here (classifier or causal LM).
 
-Takes replica `replica` of a jax_attnshare.main workdir whose layers hold
+Takes the seed replicas of a jax_attnshare.main workdir whose layers hold
 their own attention (e.g. configs/no_share.py or configs/lm.py without
-sharing options) and runs the same sweep as posthoc_minilm.py. Quality is
-the classifier's test accuracy (its own head; output_cosine is the agreement
-of its predictions with the unshared model) or the LM's test token
-accuracy (perplexity is in results.csv). PostShare and SA fine-tuning use the
-task loss on the train split; LISA adds distillation.
+sharing options), each on its own (--config.replicas=all, or indices such
+as 0,2), runs the same sweep as posthoc_minilm.py on each and summarizes
+them over replicas. Quality is the classifier's test accuracy (its own
+head; agreement is that of its predictions with the unshared model's) or
+the LM's test token accuracy (with perplexity), tested paired against the
+unshared replica. PostShare and SA fine-tuning use the task loss on the
+train split; LISA adds distillation.
 
-2-core CPU size (1,000 train / 1,000 test reviews at the run's length):
-  python -m jax_attnshare.main --config=configs/no_share.py:cpu \
-      --workdir=runs/none
+2-core CPU size (1,000 train / 2,500 test reviews at the run's length), a
+causal LM:
+  TFDS_DATA_DIR=... python -m jax_attnshare.main --config=configs/lm.py:cpu \
+      --workdir=runs/lm
   TFDS_DATA_DIR=... python -m jax_attnshare.posthoc \
       --config=configs/posthoc_trained.py:cpu \
-      --config.source_workdir=runs/none --workdir=runs/posthoc_none
+      --config.source_workdir=runs/lm --workdir=runs/posthoc_lm
 Args: `cpu`, `tiny` (tests).
 """
 

@@ -1,8 +1,13 @@
-"""What the command lines share: --config with its :ARGS and overrides,
-one-line errors with exit status 2, and quiet library logs.
+"""Command-line plumbing shared by the commands: one-line errors, exit 2.
 
-Importing this module defines the flags --config and --library_logs.
+`python -m jax_attnshare.main` and `python -m jax_attnshare.posthoc` report
+bad input (a flag absl refuses, a mistyped --config.FIELD, a config file
+that fails to load, a value a check refuses) as one line `error: ...` on
+stderr with exit status 2, the status of a usage error, never as a
+traceback. Each command defines its own --config flag and passes its holder.
 """
+
+from __future__ import annotations
 
 import difflib
 import logging as pylogging
@@ -15,18 +20,6 @@ from ml_collections import config_flags
 
 from jax_attnshare import configs
 
-CONFIG = config_flags.DEFINE_config_file(
-    'config', None,
-    'A config file under configs/, optionally with :ARGS (cpu, tiny, '
-    'seeds=N, or a variant the file documents); override fields with '
-    '--config.FIELD=VALUE.',
-    lock_config=True)
-_LIBRARY_LOGS = flags.DEFINE_bool(
-    'library_logs', False,
-    'Also log the INFO lines of the libraries (orbax, tfds, jax); by default '
-    'only their warnings and errors are shown.')
-flags.mark_flags_as_required(['config'])
-
 # Our package and CLU's logging writer (the metrics) log at INFO.
 _INFO_SOURCES = (os.path.dirname(os.path.abspath(__file__)),
                  os.path.join('clu', 'metric_writers'))
@@ -38,9 +31,9 @@ def fail(message: str, status: int = 2):
   sys.exit(status)
 
 
-def config_name() -> str:
-  """--config as given: the file and its :ARGS."""
-  return config_flags.get_config_filename(flags.FLAGS['config'])
+def config_name(config: flags.FlagHolder) -> str:
+  """The config flag as given: the file and its :ARGS."""
+  return config_flags.get_config_filename(flags.FLAGS[config.name])
 
 
 def check_no_arguments(argv: list[str]) -> None:
@@ -53,7 +46,7 @@ def _config_arg(argv: list[str]) -> str | None:
   return next((a for a in argv if a.startswith('--config=')), None)
 
 
-def _unknown_field_message(argv: list[str]) -> str | None:
+def unknown_field_message(argv: list[str]) -> str | None:
   """Names the first --config.FIELD override that is not a field."""
   config_arg = _config_arg(argv)
   if config_arg is None:
@@ -88,22 +81,27 @@ def one_line(error: Exception) -> str:
   return f'{lines[0]} {lines[-1].partition(": ")[2] or lines[-1]}'
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse, with every bad flag reported as one line, exit status 2."""
+def parse_flags(argv: list[str], config: flags.FlagHolder) -> list[str]:
+  """absl's parse, with every bad flag reported as one line, exit status 2.
+
+  Args:
+    argv: the command line.
+    config: the holder of the command's config_flags.DEFINE_config_file.
+  """
   try:
     rest = flags.FLAGS(argv)
-    path = config_name()
+    path = config_name(config)
     if not os.path.isfile(path.partition(':')[0]):
       fail(f'--config={path}: no such file (the configs are in configs/).')
     # ml_collections applies the overrides lazily.
-    CONFIG.value.keys()
+    config.value.keys()
     return rest
   except flags.Error as e:
     fail(one_line(e).removeprefix('flag '))
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a field that does not
     # exist, with a multi-line hint.
-    fail(_unknown_field_message(argv) or ' '.join(str(e).split()))
+    fail(unknown_field_message(argv) or ' '.join(str(e).split()))
   except Exception as e:  # pylint: disable=broad-exception-caught
     # The config file's own: a syntax error, or get_config raising.
     fail(f'{_config_arg(argv) or "--config"}: the file failed to load: '
@@ -118,7 +116,6 @@ class _LibraryInfoFilter(pylogging.Filter):
         source in record.pathname for source in _INFO_SOURCES)
 
 
-def quiet_library_logs() -> None:
-  """Unless --library_logs, only this package logs INFO lines."""
-  if not _LIBRARY_LOGS.value:
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+def quiet_libraries() -> None:
+  """Shows the libraries' (orbax, tfds, jax) warnings and errors only."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())

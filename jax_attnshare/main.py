@@ -40,6 +40,7 @@ Bad input (an unknown field, a value a check refuses, missing data) stops
 with one line on stderr and exit status 2, before anything is compiled.
 """
 
+import functools
 import logging as pylogging
 import os
 import sys
@@ -63,6 +64,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections import config_flags
 
 from jax_attnshare import checkpoint
 from jax_attnshare import cli
@@ -70,12 +72,20 @@ from jax_attnshare import data
 from jax_attnshare import distributed
 from jax_attnshare import train
 
-# --help lists --config and --library_logs too.
-flags.adopt_module_key_flags(cli)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None,
+    'A config file under configs/, optionally with :ARGS (cpu, tiny, '
+    'seeds=N, or a variant the file documents); override fields with '
+    '--config.FIELD=VALUE.',
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None,
     'Where checkpoints, TensorBoard events and summaries go. Default: '
     'runs/<config name>[_<args>] under the current directory.')
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    'library_logs', False,
+    'Also log the INFO lines of the libraries (orbax, tfds, jax); by default '
+    'only their warnings and errors are shown.')
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     'coordinator_address', None,
     'Several processes: HOST:PORT where process 0 serves the others; with '
@@ -103,6 +113,7 @@ _INITIALIZATION_TIMEOUT_S = flags.DEFINE_integer(
     'initialization_timeout_s', 300,
     'Several processes: how long each waits for all of them to start and '
     'reach the coordinator before it stops with an error.')
+flags.mark_flags_as_required(['config'])
 
 
 def default_workdir(config_name: str) -> str:
@@ -142,10 +153,11 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 def main(argv):
   cli.check_no_arguments(argv)
-  cli.quiet_library_logs()
+  if not _LIBRARY_LOGS.value:
+    cli.quiet_libraries()
   logging.get_absl_handler().addFilter(_DiskFullFilter())
   _hide_accelerators_from_tensorflow()
-  config_name = cli.config_name()
+  config_name = cli.config_name(_CONFIG)
   workdir = _WORKDIR.value or default_workdir(config_name)
   cluster = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
              _PROCESS_ID.value, _DISTRIBUTED.value)
@@ -165,7 +177,7 @@ def main(argv):
   with distributed.ends_job_on_error():
     logging.info('JAX devices: %s; workdir %s', jax.devices(), workdir)
     try:
-      train.train_and_evaluate(cli.CONFIG.value, workdir,
+      train.train_and_evaluate(_CONFIG.value, workdir,
                                config_name=config_name,
                                force_unlock=_FORCE_UNLOCK.value)
     except (train.ConfigError, data.DataMissingError,
@@ -187,7 +199,8 @@ def main(argv):
 def run():
   """The command: `python -m jax_attnshare.main` runs it."""
   jax.config.config_with_absl()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags,
+                                               config=_CONFIG))
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ a machine without TensorFlow trains from an entry copied there.
 Bad input or missing data stops with one line on stderr and exit status 2.
 """
 
+import functools
 import os
 import sys
 import time
@@ -24,20 +25,30 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from jax_attnshare import cli
 from jax_attnshare import data
 from jax_attnshare import data_cache
 
 
-# --help lists --config and --library_logs too.
-flags.adopt_module_key_flags(cli)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None,
+    'A training config under configs/, as main takes it: optionally with '
+    ':ARGS; override fields with --config.FIELD=VALUE.',
+    lock_config=True)
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    'library_logs', False,
+    'Also log the INFO lines of the libraries (tfds); by default only their '
+    'warnings and errors are shown.')
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   cli.check_no_arguments(argv)
-  cli.quiet_library_logs()
-  config = cli.CONFIG.value
+  if not _LIBRARY_LOGS.value:
+    cli.quiet_libraries()
+  config = _CONFIG.value
   start = time.time()
   try:
     entry = data_cache.load_or_prepare(config.data)
@@ -46,9 +57,10 @@ def main(argv):
   dataset = entry.dataset
   print(f'{entry.path}: {len(dataset.train)} train and {len(dataset.test)} '
         f'test examples of {dataset.train.tokens.shape[1]} tokens, '
-        f'vocabulary {dataset.vocab_size}, for {cli.config_name()} '
+        f'vocabulary {dataset.vocab_size}, for {cli.config_name(_CONFIG)} '
         f'({time.time() - start:.1f}s).', file=sys.stdout)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=functools.partial(cli.parse_flags,
+                                               config=_CONFIG))

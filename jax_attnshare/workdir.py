@@ -20,6 +20,7 @@ import importlib.metadata
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -567,3 +568,34 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
       'sparsity_thresholds': dict(sparsity_thresholds), 'params': params,
       'cost': cost,
       'per_seed': per_seed, 'history': history}
+
+
+def _aside(folder: str) -> str:
+  return folder.rstrip(os.sep) + '.old'
+
+
+def recover_swap(final: str) -> None:
+  """Undoes a swap_in that stopped between its renames (see there)."""
+  old = _aside(final)
+  if os.path.isdir(old):
+    if os.path.exists(final):
+      shutil.rmtree(old)
+    else:
+      os.rename(old, final)
+
+
+def swap_in(built: str, final: str) -> None:
+  """Makes the folder `built` the folder `final`, replacing it as a set.
+
+  A reader finds the old set or the new one, never a mix of the two: `final`
+  is renamed aside, `built` renamed to `final`, then the old set deleted. A
+  crash between the renames leaves the old set whole beside `final`, where
+  recover_swap puts it back.
+  """
+  recover_swap(final)
+  old = _aside(final)
+  if os.path.exists(final):
+    os.rename(final, old)
+  os.rename(built, final)
+  if os.path.exists(old):
+    shutil.rmtree(old)

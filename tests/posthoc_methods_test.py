@@ -271,3 +271,36 @@ def test_posthoc_needs_an_unshared_source():
   _, linked_cfg = methods.direct_share(_init(cfg), cfg, [(1, 0, 0, 0)])
   with pytest.raises(ValueError, match='config.sharing of the source model'):
     methods.check_unshared(linked_cfg)
+
+
+def test_a_larger_nominal_ratio_can_add_no_link():
+  # Three layers of one head: (2, 0) best matches (1, 0) (cosine .9), and
+  # (1, 0) matches (0, 0) (.8). r = 1/3 selects (2, 0) alone; r = 2/3 adds
+  # (1, 0), which (2, 0) copies, so it keeps its own weights: one link
+  # either way, and the nominal step shares nothing new.
+  cos = np.zeros((3, 1, 3, 1))
+  cos[1, 0, 0, 0] = .8
+  cos[2, 0, 0, 0], cos[2, 0, 1, 0] = .1, .9
+  one, two = (methods.plan_direct_share(cos, r) for r in (1 / 3, 2 / 3))
+  assert [s[:2] for s in one.selected] == [(2, 0)]
+  assert [s[:2] for s in two.selected] == [(1, 0), (2, 0)]
+  assert one.links == two.links == ((2, 0, 1, 0),)
+
+
+def test_lisa_qk_compression_counts_the_replaced_projections():
+  cfg = _cfg()
+  params = _init(cfg)
+  _, _, lisa_params, _ = _lisa(cfg, params, layers=(1, 2), rank=1)
+  # Per layer: Q and K kernels D·D plus biases D, against rank-1 Q/K of
+  # D·H·1 each.
+  assert methods.qk_compression(params, lisa_params, (1, 2)) == (
+      (D * D + D) / (D * H))
+
+
+def test_lisa_rule_admits_spans_whose_every_layer_is_close():
+  js = np.array([[0., .05, .3], [.05, 0., .08], [.3, .08, 0.]])
+  # (1, 1) reuses layer 0 at .05; (2, 2) layer 1 at .08; (1, 2) reuses
+  # layer 0 for layer 2 too, at .3.
+  assert methods.lisa_spans(js, 0.1) == [(1, 1, .05), (2, 2, .08)]
+  assert methods.span_max_js(js, 1, 2) == .3
+  assert methods.lisa_spans(js, 0.01) == []

@@ -72,29 +72,42 @@ def head_pair_matrices(mats: Mapping[str, np.ndarray],
   return fig
 
 
-def sweep(results: pd.DataFrame, title: str) -> mpl_figure.Figure:
-  """Quality kept vs memory saved (left) and vs latency (right) per method.
+def _label(row: pd.Series) -> str:
+  """The variant, with the heads it actually links where it links any."""
+  linked = row.get('linked_heads')
+  if linked is None or pd.isna(linked):
+    return row['variant']
+  return f'{row["variant"]}: {linked:g} linked'
 
-  `results` has columns method, variant, kept_pct, bytes_saved_pct and
-  latency_ms; DirectShare's ratios are joined by a line.
+
+def sweep(points: pd.DataFrame, title: str,
+          spread: str) -> mpl_figure.Figure:
+  """Quality kept vs the bytes actually saved (left) and vs latency (right).
+
+  `points` has columns method, variant, kept_pct with kept_lo and kept_hi
+  (the error bars, described by `spread`), bytes_saved_pct, latency_ms and,
+  for DirectShare and PostShare, linked_heads, which labels the points: the
+  x-axis is the realized sharing, not the nominal ratio. DirectShare's
+  ratios are joined by a line.
   """
   fig, (left, right) = plotting.panels(2, 2, (5.2, 4.0))
-  for method, group in results.groupby('method', sort=False):
+  for method, group in points.groupby('method', sort=False):
     group = group.sort_values('bytes_saved_pct')
-    style = '-o' if method == 'direct_share' else 'o'
-    left.plot(group['bytes_saved_pct'], group['kept_pct'], style,
-              label=method)
-    right.plot(group['latency_ms'], group['kept_pct'], 'o', label=method)
-    for _, row in group.iterrows():
-      for ax, x in ((left, row['bytes_saved_pct']),
-                    (right, row['latency_ms'])):
-        ax.annotate(row['variant'], (x, row['kept_pct']), fontsize=6,
+    yerr = np.stack([group['kept_pct'] - group['kept_lo'],
+                     group['kept_hi'] - group['kept_pct']])
+    for ax, x in ((left, 'bytes_saved_pct'), (right, 'latency_ms')):
+      ax.errorbar(group[x], group['kept_pct'], yerr=yerr, capsize=2,
+                  fmt='-o' if method == 'direct_share' and ax is left
+                  else 'o', markersize=4, label=method)
+      for _, row in group.iterrows():
+        ax.annotate(_label(row), (row[x], row['kept_pct']), fontsize=6,
                     xytext=(3, 3), textcoords='offset points')
-  left.set(xlabel='parameter bytes saved [%]',
-           ylabel='quality kept [% of unshared]')
+  left.set(xlabel='parameter bytes actually saved [%]',
+           ylabel=f'quality kept [% of unshared; bars: {spread}]')
   right.set(xlabel='latency of a jitted forward [ms, median]',
-            ylabel='quality kept [% of unshared]')
+            ylabel=f'quality kept [% of unshared; bars: {spread}]')
   for ax in (left, right):
+    ax.axhline(100, color='grey', linewidth=0.6)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(title)

@@ -184,7 +184,9 @@ def params_from_tensors(tensors: dict[str, np.ndarray],
     node = params
     for key in path[:-1]:
       node = node.setdefault(key, {})
-    node[path[-1]] = _convert(name, value, cfg)
+    # C order: a transposed view would be copied to the device in every
+    # call that takes it.
+    node[path[-1]] = np.ascontiguousarray(_convert(name, value, cfg))
   return params
 
 

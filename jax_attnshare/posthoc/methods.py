@@ -42,6 +42,7 @@ from jax_attnshare import head_links
 from jax_attnshare import lisa
 from jax_attnshare import model as model_lib
 from jax_attnshare import sharing
+from jax_attnshare.posthoc import config as posthoc_config
 
 STRATEGIES = ('q', 'k', 'v', 'qk', 'qkv', 'total')
 QKV = ('query', 'key', 'value')
@@ -52,7 +53,7 @@ def check_unshared(cfg: model_lib.ModelConfig) -> None:
   spec = cfg.sharing
   if (not spec.attention_unshared()
       or spec.posthoc != sharing.PosthocSharing()):
-    raise ValueError(
+    raise posthoc_config.InputError(
         f'config.sharing of the source model is {spec.to_string()!r}; '
         'post-hoc sharing needs a model whose every layer has its own query, '
         'key, value and output heads (e.g. configs/no_share.py).')
@@ -219,6 +220,23 @@ def select_spans(js_NN: np.ndarray, top_k: int = 0,
   return spans[:top_k] if top_k else spans
 
 
+def span_max_js(js_NN: np.ndarray, start: int, end: int) -> float:
+  """The largest JS of a span's layers to the map they reuse (start − 1)."""
+  return float(max(js_NN[start - 1, l] for l in range(start, end + 1)))
+
+
+def lisa_spans(js_NN: np.ndarray, threshold: float
+               ) -> list[tuple[int, int, float]]:
+  """The spans LISA's rule admits, best first.
+
+  Every layer of the span is within JS < threshold of the map it reuses
+  (same head, as SA reuses per head); for one layer that is the JS to the
+  layer before it, the paper's adjacent-layer criterion.
+  """
+  return [s for s in span_scores(js_NN)
+          if span_max_js(js_NN, s[0], s[1]) < threshold]
+
+
 def shared_attention(params: Any, cfg: model_lib.ModelConfig,
                      layers) -> tuple[Any, model_lib.ModelConfig]:
   """SA: `layers` reuse the previous computed map; their Q/K are dropped."""
@@ -247,6 +265,22 @@ def with_lisa(params: Any, cfg: model_lib.ModelConfig, rank: int,
         **_attention(params, layer),
         lisa.SCOPE: _attention(fresh, layer)[lisa.SCOPE]})
   return params, cfg
+
+
+def qk_compression(base_params: Any, lisa_params: Any, layers) -> float:
+  """Q/K parameters of `layers` in the unshared tree over LISA's there.
+
+  The unshared layers' query and key kernels and biases against the
+  low-rank query_lr and key_lr kernels that replace them (the paper's "6x
+  compression of Q and K"); the alignment MLP is not Q/K and not counted.
+  """
+  def size(tree):
+    return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+  full = sum(size(_attention(base_params, l)[c])
+             for l in layers for c in ('query', 'key'))
+  low = sum(size(_attention(lisa_params, l)[lisa.SCOPE].get(c, {}))
+            for l in layers for c in ('query_lr', 'key_lr'))
+  return full / low if low else float('inf')
 
 
 def tree_size(params: Any) -> tuple[int, int]:

@@ -28,8 +28,11 @@ class Probe:
   def logits(self, x_ND: np.ndarray) -> np.ndarray:
     return ((x_ND - self.mean_D) / self.scale_D) @ self.w_DC + self.b_C
 
+  def predict(self, x_ND: np.ndarray) -> np.ndarray:
+    return self.logits(x_ND).argmax(-1)
+
   def accuracy(self, x_ND: np.ndarray, labels_N: np.ndarray) -> float:
-    return float(np.mean(self.logits(x_ND).argmax(-1) == labels_N))
+    return float(np.mean(self.predict(x_ND) == labels_N))
 
 
 def fit(x_ND: np.ndarray, labels_N: np.ndarray, l2: float = 1e-3,
@@ -86,12 +89,17 @@ def latency_ms(calls: list[tuple[Callable, tuple]], repeats: int = 10,
                warmup: int = 2) -> list[float]:
   """Median wall time in ms of each fn(*args), after `warmup` calls each.
 
-  The calls are timed in rounds (one of each per round, the order rotated
-  by one each round), so a slow spell of a shared machine, or what one call
-  leaves behind for the next, weighs on all of them alike.
+  Every argument is put on the device first: a numpy tree (a pretrained
+  model's parameters) would otherwise be copied to the device in every
+  timed call, which a fine-tuned model's device tree is not, and the copy
+  would pass for a difference between the models. The calls are timed in
+  rounds (one of each per round, the order rotated by one each round), so a
+  slow spell of a shared machine, or what one call leaves behind for the
+  next, weighs on all of them alike.
   """
   if repeats < 1:
     raise ValueError(f'config.latency.repeats must be >= 1, got {repeats}.')
+  calls = [(fn, jax.device_put(args)) for fn, args in calls]
   for fn, args in calls:
     for _ in range(warmup):
       jax.block_until_ready(fn(*args))
