@@ -419,8 +419,8 @@ def test_diverged_replica_is_missing_and_the_report_leaves_it_out(
     real_init(self, *args, **kwargs)
     real_train_steps = self.train_steps
 
-    def train_steps(state, *args):
-      state, window = real_train_steps(state, *args)
+    def train_steps(state, *args, **kwargs):
+      state, window = real_train_steps(state, *args, **kwargs)
       if int(jax.device_get(state.step)[0]) == 2:
         state = state.replace(params=jax.tree.map(
             lambda x: x.at[1].set(np.nan).at[0].multiply(1000.0),
