@@ -13,8 +13,8 @@ is the MHA reference at that size):
   python -m jax_attnshare.main --config=configs/gqa.py:cpu,groups=2,share=kv
 Args: `groups=G` (default 2; must divide the heads; 1 is MQA, see mqa.py),
 `share=` components shared across layers (e.g. `kv`), `cpu`, `tiny`,
-`seeds=N`, `regime=blog` or `regime=blog32`. See README 'Sharing options
-and their cost'.
+`seeds=N`, `regime=blog` or `regime=blog32`. Costs:
+experiments/sharing_options.md.
 """
 
 from jax_attnshare import configs

@@ -12,7 +12,7 @@ count of experiments/seed_throughput.py). Not timed on a GPU here; at 10-30%
 of an A100's TF32 peak that is 2.5-7 minutes of training plus evaluation.
 
 2-core CPU size (5 seeds, width 64, 2 heads, 128 tokens, 400 steps, test
-subset of 5,000 reviews): the README gives its measured time and accuracy.
+subset of 5,000 reviews); measured figures: docs/studies/, docs/performance.md.
   python -m jax_attnshare.main --config=configs/qv_share.py:cpu
 Args: `cpu`, `tiny` (tests), `seeds=N`, `regime=blog` (512 words in length
 buckets) or `regime=blog32` (the blog regime at 32 words); docs/regimes.md.

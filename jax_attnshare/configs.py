@@ -142,7 +142,8 @@ def classifier_config(condition: str, arg: str | ml_collections.ConfigDict
       embedding_width=0,
       # Std of the N(0, std^2) init of the token and position embeddings.
       # 0 = the init's default: for 'flax' std 1/sqrt(E), under which layer
-      # 0's input is so small that its attention stays uniform (README);
+      # 0's input is so small that its attention stays uniform
+      # (docs/layer0_attention.md);
       # for 'pytorch' 1.0, nn.Embedding's.
       embedding_init_std=0.0,
       # Compute dtype, 'float32' or 'bfloat16': parameters and optimizer

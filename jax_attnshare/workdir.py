@@ -528,7 +528,7 @@ def summary(*, config: dict, config_name: str, sharing: str, seeds: list[int],
             cost: dict | None = None,
             phase_s: Mapping[str, float] | None = None,
             train_batches: Mapping[str, float] | None = None) -> dict:
-  """The machine-readable summary of a run (see README, 'Workdir').
+  """The machine-readable summary of a run (see docs/outputs.md).
 
   `cost` is cost.summary's FLOP and KV-cache accounting of the model;
   `phase_s` the wall time spent in each phase of the loop; `train_batches`

@@ -1,9 +1,9 @@
 """README.md and docs/ cannot rot silently: what they name must exist.
 
-Every relative link resolves to a file; every `configs/NAME.py[:ARGS]` they
-mention loads with those args; every command in a bash block names an
-existing module or script, existing config fields and flags the command
-accepts.
+Every relative link resolves to a file (and its #anchor to a heading of
+it); every `configs/NAME.py[:ARGS]` they mention loads with those args;
+every command in a bash block names an existing module or script, existing
+config fields and flags the command accepts.
 """
 
 import functools
@@ -43,17 +43,70 @@ def _read(path: str) -> str:
 _LINK_RE = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 
 
+def _anchors(text: str) -> set[str]:
+  """The anchors of a Markdown page's headings, as GitHub makes them.
+
+  Lower case, everything but letters, digits, spaces, '-' and '_' dropped,
+  spaces to '-'; a repeated heading gets '-1', '-2', ...
+  """
+  text = re.sub(r'```.*?```', '', text, flags=re.S)  # Not headings.
+  anchors = set()
+  for heading in re.findall(r'^#{1,6} +(.+?) *$', text, re.M):
+    slug = re.sub(r'[^\w\- ]', '', heading.lower()).replace(' ', '-')
+    anchor, n = slug, 0
+    while anchor in anchors:
+      n += 1
+      anchor = f'{slug}-{n}'
+    anchors.add(anchor)
+  return anchors
+
+
 @pytest.mark.parametrize('doc', DOCUMENTS, ids=_name)
-def test_relative_links_name_existing_files(doc):
+def test_relative_links_name_existing_files_and_headings(doc):
   missing = []
   for target in _LINK_RE.findall(_read(doc)):
-    if re.match(r'[a-z]+:', target) or target.startswith('#'):
-      continue  # A web address or an anchor in the same page.
-    path = os.path.normpath(os.path.join(os.path.dirname(doc),
-                                         target.partition('#')[0]))
+    if re.match(r'[a-z]+:', target):
+      continue  # A web address.
+    file, _, anchor = target.partition('#')
+    path = (os.path.normpath(os.path.join(os.path.dirname(doc), file))
+            if file else doc)  # '#anchor' alone: a heading of this page.
     if not os.path.exists(path):
       missing.append(target)
-  assert not missing, f'{_name(doc)} links to missing files: {missing}'
+    elif anchor and (not path.endswith('.md')
+                     or anchor not in _anchors(_read(path))):
+      missing.append(target)
+  assert not missing, (
+      f'{_name(doc)} links to missing files or headings: {missing}')
+
+
+def test_anchors_are_made_as_github_makes_them():
+  assert _anchors('# The `:cpu` size\n## Seeds: `seed_chunk`\n'
+                  '```\n# not a heading\n```\n## Seeds: `seed_chunk`\n'
+                  "### The workdir's lock\n") == {
+                      'the-cpu-size', 'seeds-seed_chunk', 'seeds-seed_chunk-1',
+                      'the-workdirs-lock'}
+
+
+
+def _linked(doc: str) -> set[str]:
+  """The documents that `doc` links to."""
+  paths = set()
+  for target in _LINK_RE.findall(_read(doc)):
+    file = target.partition('#')[0]
+    if file and not re.match(r'[a-z]+:', target):
+      paths.add(os.path.normpath(os.path.join(os.path.dirname(doc), file)))
+  return paths & set(DOCUMENTS)
+
+
+def test_every_doc_is_reached_from_the_readme():
+  reached, todo = set(), [DOCUMENTS[0]]  # README.md
+  while todo:
+    doc = todo.pop()
+    if doc not in reached:
+      reached.add(doc)
+      todo.extend(_linked(doc))
+  unreached = sorted(_name(d) for d in set(DOCUMENTS) - reached)
+  assert not unreached, f'not reached by links from README.md: {unreached}'
 
 
 # A config file with its args, as the docs write it after --config= or alone.

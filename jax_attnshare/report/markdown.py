@@ -571,8 +571,8 @@ def _uniform_layers(final: pd.DataFrame,
                  'embedding init, layer 0\'s logits have a standard '
                  'deviation of about 2/width. Set '
                  '`config.model.embedding_norm=True` (or '
-                 '`config.model.embedding_init_std`) to fix it; see the '
-                 'README, "Layer-0 attention is uniform by default".')
+                 '`config.model.embedding_init_std`) to fix it; see '
+                 'docs/layer0_attention.md.')
       lines.append(line)
   return lines
 

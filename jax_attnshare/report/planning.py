@@ -26,9 +26,9 @@ from jax_attnshare.report import claims as claims_lib
 from jax_attnshare.report import stats as report_stats
 
 TARGET_POWER = 0.8
-# Planning value of the SD of test accuracy over seeds: the blog regime's
-# 5-seed :cpu study had 0.008-0.014 per condition (README, "The :cpu
-# studies"); issue 18's simulations use 0.012.
+# Planning value of the SD of test accuracy over seeds: the 5-seed :cpu
+# study of the blog regime at 32 words had 0.008-0.014 per condition
+# (docs/studies/blog32_cpu.md); issue 18's simulations use 0.012.
 ACCURACY_SD = 0.012
 
 
