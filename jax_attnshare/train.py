@@ -581,9 +581,10 @@ def _train_window(run: _Run, progress: _Progress, train_split: dict,
     step = end_of_call
     progress.stopping = stop_requested()
   progress.step = step
+  # The fetch waits for the steps, which were dispatched without waiting.
+  sums_S = steps.real(distributed.fetch(window))
   seconds = time.time() - window_start
   progress.phase_s['train'] += seconds
-  sums_S = steps.real(distributed.fetch(window))
   if step < end:
     progress.partial_window = {'start': first_step, 'sums': sums_S}
     return None

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -173,6 +174,7 @@ def numbers(tree):
 
 _FOUR_DEVICE_SCRIPT = '''
 import sys
+import time
 import jax
 jax.config.update("jax_disable_most_optimizations", True)
 assert jax.device_count() == 4
@@ -601,3 +603,33 @@ def test_replicas_restored_at_different_steps_are_refused(
   with pytest.raises(train.ConfigError,
                      match=r'holds replicas at different steps \[6, 7\]'):
     train.train_and_evaluate(_config(), workdir, read_texts=fake_texts)
+
+
+def test_a_window_is_timed_until_its_steps_have_run(tmp_path, fake_texts,
+                                                    monkeypatch):
+  """Steps are dispatched without waiting; a window's steps/s must include
+  the wait for them, here 0.5 s that each fetch of a window's sums is made
+  to take: at most 3 steps / 0.5 s, though the dispatch takes milliseconds
+  once the 3-step program has compiled (windows 3 and 4)."""
+  config = _config()
+  config.num_train_steps = 12
+  config.log_every_steps = config.steps_per_call = 3
+  config.eval_every_steps = config.ckpt_every_steps = 12
+  fetch, info = train.distributed.fetch, train.logging.info
+  steps_per_s = []
+
+  def slow_fetch(tree):
+    if isinstance(tree, dict) and 'loss' in tree:  # A window's sums.
+      time.sleep(0.5)
+    return fetch(tree)
+
+  def logged(message, *args):
+    if str(message).startswith('step %d/%d: train loss'):
+      steps_per_s.append(args[5])
+    info(message, *args)
+
+  monkeypatch.setattr(train.distributed, 'fetch', slow_fetch)
+  monkeypatch.setattr(train.logging, 'info', logged)
+  train.train_and_evaluate(config, str(tmp_path / 'w'), read_texts=fake_texts)
+  assert len(steps_per_s) == 4
+  assert max(steps_per_s) <= 3 / 0.5, steps_per_s
