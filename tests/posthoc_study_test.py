@@ -515,8 +515,7 @@ _BAD_SOURCES = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('case,args,expected', [
+_REFUSALS = [
     *((name, (), message) for name, (_, message) in _BAD_SOURCES.items()),
     ('replica 7 of 2', ('--config.replicas=7',),
      'replica 7 does not exist; the source has 2 (0 to 1)'),
@@ -526,7 +525,14 @@ _BAD_SOURCES = {
     ('bad value', ('--config.paired.margin=0',),
      'config.paired.margin must be in (0, 1), got 0'),
     ('bad type', ('--config.sa.top_k=x',), '--config.sa.top_k=x'),
-])
+]
+
+
+# Named by case: a message may hold this process's pid, and pytest-xdist's
+# workers must collect the same test ids.
+@pytest.mark.slow
+@pytest.mark.parametrize('case,args,expected', _REFUSALS,
+                         ids=[case for case, _, _ in _REFUSALS])
 def test_every_refusal_is_one_line_and_exit_status_two(
     trained_run, tmp_path, case, args, expected):
   make = _BAD_SOURCES.get(case, (lambda run, folder: run,))[0]
