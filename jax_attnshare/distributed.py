@@ -186,8 +186,8 @@ def all_processes(flag: bool) -> bool:
 def primary_first(what: str, fn: Callable[[], T]) -> T:
   """fn() on process 0, then on the others: for files they then share.
 
-  The workdir's tokenizer is trained once, by process 0, and loaded by the
-  others. Errors as in primary_only.
+  The prepared data entry is made once, by process 0, and read by the
+  others where they mount its folder. Errors as in primary_only.
   """
   result = primary_only(what, fn)
   return result if is_primary() else fn()
