@@ -66,9 +66,10 @@ def test_main_loads_no_plotting_or_statistics():
   assert not bad, sorted(bad)
 
 
+# Each command in its own interpreter: each defines its own --config.
 _COMMANDS_LOAD = """
-import sys
-import jax_attnshare.main, jax_attnshare.prepare
+import importlib, sys
+importlib.import_module(sys.argv[1])
 print(sorted({m.split('.')[0] for m in sys.modules}))
 """
 
@@ -76,8 +77,10 @@ print(sorted({m.split('.')[0] for m in sys.modules}))
 @pytest.mark.slow
 def test_commands_import_no_tensorflow_tfds_or_clu():
   """A machine without them runs main (without_tensorflow_test)."""
-  out = subprocess.run([sys.executable, '-c', _COMMANDS_LOAD], check=True,
-                       cwd=ROOT, capture_output=True, text=True).stdout
-  loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
-  assert 'jax_attnshare' in loaded  # Else the check checks nothing.
-  assert not loaded & {'tensorflow', 'tensorflow_datasets', 'clu'}
+  for command in ('jax_attnshare.main', 'jax_attnshare.prepare'):
+    out = subprocess.run([sys.executable, '-c', _COMMANDS_LOAD, command],
+                         check=True, cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    loaded = set(ast.literal_eval(out.strip().splitlines()[-1]))
+    assert 'jax_attnshare' in loaded  # Else the check checks nothing.
+    assert not loaded & {'tensorflow', 'tensorflow_datasets', 'clu'}, command

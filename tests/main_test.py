@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from jax_attnshare import configs
@@ -351,8 +352,12 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_and_the_run_resumes_exactly(
         resumed['history'] == straight['history'])
   assert resumed['finished'] and [h['step'] for h in resumed['history']] == [
       20, 40]
+  # Equal to float32 rounding, not bit for bit: the steps after the stop
+  # run in calls of other lengths (one-step scans up to the cut window's
+  # end), whose compiled programs may round differently.
   for key in ('history', 'per_seed'):
-    assert numbers(resumed[key]) == numbers(straight[key]), key
+    np.testing.assert_allclose(numbers(resumed[key]), numbers(straight[key]),
+                               rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 _FULL_DISK_SCRIPT = """

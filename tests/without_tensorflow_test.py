@@ -46,6 +46,12 @@ class Hide(importlib.abc.MetaPathFinder):
   def invalidate_caches(self):
     getattr(self.finder, 'invalidate_caches', lambda: None)()
 
+  # importlib.metadata asks the finders for distributions (main checks the
+  # versions of jax, flax, ...): those stay visible.
+  def find_distributions(self, *args, **kwargs):
+    find = getattr(self.finder, 'find_distributions', None)
+    return find(*args, **kwargs) if find else iter(())
+
 sys.meta_path[:] = [Hide(finder) for finder in sys.meta_path]
 sys.argv = ['main', *sys.argv[1:]]
 try:
@@ -71,7 +77,7 @@ def _events(logdir: str) -> dict:
 
 
 # Scalars that measure time, not the run.
-_TIMINGS = ('train/examples_per_sec',)
+_TIMINGS = ('train/examples_per_sec', 'train/tokens_per_sec')
 
 
 def _same_values(tag, plugin, ours, theirs):
